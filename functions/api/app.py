@@ -1,0 +1,188 @@
+"""HTTP API of the task runner (DESIGN §4): Powertools resolver, pydantic validation, OpenAPI."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.params import Header, Path, Query
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyValidationError,
+)
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from taskrunner.errors import TaskRunnerError
+from taskrunner.http_errors import domain_error, error_body, validation_error
+from taskrunner.idempotency import submit_once
+from taskrunner.models import DEFAULT_TENANT, LogPage, Task, TaskPage, TaskSpec, TaskStatus, Usage
+from taskrunner.observability import logger, metrics, tracer
+from taskrunner.service import default_usage_range
+from taskrunner.wiring import task_service
+
+TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z]+$")]
+
+app = APIGatewayHttpResolver(enable_validation=True)
+app.enable_swagger(
+    path="/docs",
+    title="Task runner API",
+    version="1.0.0",
+    description="Submit container tasks, follow them, read their logs and their per-second metering.",
+)
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response[Any]:
+    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=body, headers=headers)
+
+
+def _model(status: int, model: Task | TaskPage | LogPage | Usage, **headers: str) -> Response[Any]:
+    return _json(status, model.model_dump_json(by_alias=True), headers or None)
+
+
+def current_tenant() -> str:
+    """The caller's tenant. Every caller is `default` until authentication maps principals to tenants."""
+    return DEFAULT_TENANT
+
+
+@app.post(
+    "/tasks",
+    summary="Submit a task",
+    responses={202: {"description": "Accepted; the task and a Location header"}},
+)
+@tracer.capture_method
+def submit_task(
+    spec: TaskSpec,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="idempotency-key",
+            min_length=1,
+            max_length=255,
+            description="The same key with the same body returns the same task; with another body, 409.",
+        ),
+    ] = None,
+) -> Response[Task]:
+    tenant = current_tenant()
+    if idempotency_key:
+        task = submit_once(tenant, idempotency_key, spec)
+    else:
+        task = task_service().submit(tenant, spec)
+    logger.set_correlation_id(task.task_id)
+    logger.info("task submitted", task_id=task.task_id, image=spec.image, cpu=spec.cpu, memory=spec.memory)
+    metrics.add_metric(name="TasksSubmitted", unit="Count", value=1)
+    return _model(202, task, Location=f"/tasks/{task.task_id}")
+
+
+@app.get("/tasks", summary="List tasks, newest first")
+@tracer.capture_method
+def list_tasks(
+    status: Annotated[TaskStatus | None, Query(description="Only tasks in this status")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    next_token: Annotated[str | None, Query(min_length=1, max_length=4096)] = None,
+) -> Response[TaskPage]:
+    return _model(200, task_service().list(current_tenant(), status, limit, next_token))
+
+
+@app.get("/tasks/<task_id>", summary="Get a task")
+@tracer.capture_method
+def get_task(task_id: TaskId) -> Response[Task]:
+    logger.set_correlation_id(task_id)
+    return _model(200, task_service().get(current_tenant(), task_id))
+
+
+@app.post(
+    "/tasks/<task_id>/cancel",
+    summary="Cancel a task",
+    responses={202: {"description": "Cancellation accepted"}, 409: {"description": "Already terminal"}},
+)
+@tracer.capture_method
+def cancel_task(task_id: TaskId) -> Response[Task]:
+    logger.set_correlation_id(task_id)
+    task = task_service().cancel(current_tenant(), task_id)
+    metrics.add_metric(name="TasksCancelled", unit="Count", value=1)
+    return _model(202, task)
+
+
+@app.get("/tasks/<task_id>/logs", summary="Read a task's container logs, oldest first")
+@tracer.capture_method
+def task_logs(
+    task_id: TaskId,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    next_token: Annotated[str | None, Query(min_length=1, max_length=4096)] = None,
+) -> Response[LogPage]:
+    logger.set_correlation_id(task_id)
+    return _model(200, task_service().logs_of(current_tenant(), task_id, limit, next_token))
+
+
+@app.get("/usage", summary="Metered usage per day for the caller's tenant")
+@tracer.capture_method
+def usage(
+    from_: Annotated[date | None, Query(alias="from", description="First day, YYYY-MM-DD (default: 1st of month)")] = None,
+    to: Annotated[date | None, Query(description="Last day, YYYY-MM-DD (default: today, UTC)")] = None,
+) -> Response[Usage]:
+    default_from, default_to = default_usage_range(datetime.now(UTC).date())
+    return _model(200, task_service().usage(current_tenant(), from_ or default_from, to or default_to))
+
+
+@app.get("/openapi.json", include_in_schema=False)
+def openapi_document() -> Response[Any]:
+    return _json(200, app.get_openapi_json_schema(title="Task runner API", version="1.0.0"))
+
+
+@app.exception_handler(RequestValidationError)
+def handle_validation_error(exc: RequestValidationError) -> Response[Any]:
+    status, body = validation_error(exc.errors())
+    return _json(status, body)
+
+
+@app.exception_handler(TaskRunnerError)
+def handle_domain_error(exc: TaskRunnerError) -> Response[Any]:
+    status, body = domain_error(exc)
+    if status >= 500:
+        logger.exception("domain error", code=exc.code)
+    return _json(status, body)
+
+
+@app.exception_handler(IdempotencyValidationError)
+def handle_key_reuse(_: IdempotencyValidationError) -> Response[Any]:
+    return _json(
+        409,
+        error_body("IDEMPOTENCY_KEY_REUSED", "This Idempotency-Key was already used with a different request body"),
+    )
+
+
+@app.exception_handler(IdempotencyAlreadyInProgressError)
+def handle_key_in_progress(_: IdempotencyAlreadyInProgressError) -> Response[Any]:
+    return _json(409, error_body("IDEMPOTENCY_KEY_IN_PROGRESS", "A request with this Idempotency-Key is in progress"))
+
+
+@app.not_found
+def handle_not_found(_: Exception) -> Response[Any]:
+    path = app.current_event.path
+    return _json(404, error_body("ROUTE_NOT_FOUND", f"No route for {app.current_event.http_method} {path}"))
+
+
+@app.exception_handler(Exception)
+def handle_unexpected(exc: Exception) -> Response[Any]:
+    logger.exception("unhandled error")
+    return _json(500, error_body("INTERNAL_ERROR", "Internal error; the request id is in the logs"))
+
+
+def _accept_json_without_content_type(event: dict[str, Any]) -> dict[str, Any]:
+    """The API speaks JSON only. Clients such as `curl -d` label JSON as a form; read it as JSON anyway."""
+    headers = event.get("headers") or {}
+    content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+    if event.get("body") and (not content_type or content_type.startswith("application/x-www-form-urlencoded")):
+        headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+        headers["content-type"] = "application/json"
+        event = {**event, "headers": headers}
+    return event
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(_accept_json_without_content_type(event), context)

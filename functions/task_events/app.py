@@ -1,0 +1,25 @@
+"""ECS "Task State Change" events: live RUNNING status, and the safety net that finalizes stopped tasks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from taskrunner.models import CONTAINER_NAME
+from taskrunner.observability import logger, tracer
+from taskrunner.observation import TaskObservation
+from taskrunner.wiring import task_service
+
+
+@logger.inject_lambda_context(correlation_id_path="detail.startedBy")
+@tracer.capture_lambda_handler
+@event_source(data_class=EventBridgeEvent)
+def lambda_handler(event: EventBridgeEvent, context: LambdaContext) -> dict[str, Any]:
+    observation = TaskObservation.from_description(event.detail, CONTAINER_NAME)
+    task = task_service().on_ecs_task_state_change(observation)
+    if task is None:
+        logger.info("event is not about a task of ours", ecs_task_arn=observation.ecs_task_arn)
+        return {"handled": False}
+    logger.info("ECS task state change", last_status=observation.last_status, status=task.status)
+    return {"handled": True, "task_id": task.task_id, "status": task.status.value}

@@ -1,0 +1,339 @@
+"""The ports of `taskrunner.ports`, implemented with boto3 (DynamoDB, Step Functions, ECS, CloudWatch Logs)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from taskrunner.errors import InvalidParameter, OrchestrationUnavailable, StaleStatus
+from taskrunner.models import LogEvent, Metering, Task, TaskStatus
+from taskrunner.observability import logger
+from taskrunner.service import execution_arn_for, usage_day
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+TASKS_INDEX = "gsi1"  # tenant's tasks (newest first) and tenant's usage by day
+STATUS_INDEX = "gsi2"  # tenant's tasks in one status (newest first)
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _to_dynamo(value: Any) -> Any:
+    """JSON-compatible python → DynamoDB-compatible python (floats as Decimal)."""
+    return json.loads(json.dumps(value, default=str), parse_float=Decimal)
+
+
+def _from_dynamo(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _from_dynamo(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_dynamo(v) for v in value]
+    return value
+
+
+def _serialize(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _serializer.serialize(v) for k, v in _to_dynamo(item).items()}
+
+
+def _deserialize(item: dict[str, Any]) -> dict[str, Any]:
+    return _from_dynamo({k: _deserializer.deserialize(v) for k, v in item.items()})
+
+
+def task_key(task_id: str) -> dict[str, Any]:
+    return {"pk": {"S": f"TASK#{task_id}"}, "sk": {"S": "TASK"}}
+
+
+def tasks_partition(tenant: str) -> str:
+    return f"TENANT#{tenant}#TASKS"
+
+
+def status_partition(tenant: str, status: TaskStatus | str) -> str:
+    return f"TENANT#{tenant}#STATUS#{TaskStatus(status).value}"
+
+
+def usage_partition(tenant: str) -> str:
+    return f"TENANT#{tenant}#USAGE"
+
+
+def _encode_token(key: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str, expected_partition: tuple[str, str]) -> dict[str, Any]:
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        key = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        attr, value = expected_partition
+        if not isinstance(key, dict) or key.get(attr, {}).get("S") != value:
+            raise ValueError("token belongs to another listing")
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidParameter("next_token", "is not a token this listing issued") from exc
+    return key
+
+
+class DynamoTaskStore:
+    def __init__(self, table: str, client: Any) -> None:
+        self.table = table
+        self.ddb = client
+
+    # -- items
+
+    def _task_item(self, task: Task) -> dict[str, Any]:
+        data = task.model_dump(mode="json", exclude_none=True)
+        data.update(
+            pk=f"TASK#{task.task_id}",
+            sk="TASK",
+            gsi1pk=tasks_partition(task.tenant),
+            gsi1sk=task.task_id,
+            gsi2pk=status_partition(task.tenant, task.status),
+            gsi2sk=task.task_id,
+        )
+        return data
+
+    @staticmethod
+    def _task(item: dict[str, Any]) -> Task:
+        return Task.model_validate(_deserialize(item))
+
+    def _set_clause(self, changes: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any]]:
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {}
+        sets: list[str] = []
+        for i, (field, value) in enumerate(changes.items()):
+            names[f"#f{i}"] = field
+            values[f":v{i}"] = _serializer.serialize(
+                _to_dynamo(value.isoformat() if isinstance(value, datetime) else value)
+            )
+            sets.append(f"#f{i} = :v{i}")
+        return ", ".join(sets), names, values
+
+    def _status_update(self, task: Task, new_status: TaskStatus, changes: dict[str, Any]) -> dict[str, Any]:
+        clause, names, values = self._set_clause(
+            {**changes, "status": new_status.value, "gsi2pk": status_partition(task.tenant, new_status)}
+        )
+        names["#status"] = "status"
+        values[":expected"] = {"S": task.status.value}
+        return {
+            "TableName": self.table,
+            "Key": task_key(task.task_id),
+            "UpdateExpression": f"SET {clause}",
+            "ConditionExpression": "#status = :expected",
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
+
+    # -- TaskStore
+
+    def create(self, task: Task) -> None:
+        self.ddb.put_item(
+            TableName=self.table,
+            Item=_serialize(self._task_item(task)),
+            ConditionExpression="attribute_not_exists(pk)",
+        )
+
+    def get(self, task_id: str) -> Task | None:
+        item = self.ddb.get_item(TableName=self.table, Key=task_key(task_id), ConsistentRead=True).get("Item")
+        return self._task(item) if item else None
+
+    def list(
+        self, tenant: str, status: TaskStatus | None, limit: int, next_token: str | None
+    ) -> tuple[list[Task], str | None]:
+        if status is None:
+            index, attr, partition = TASKS_INDEX, "gsi1pk", tasks_partition(tenant)
+        else:
+            index, attr, partition = STATUS_INDEX, "gsi2pk", status_partition(tenant, status)
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": index,
+            "KeyConditionExpression": "#pk = :pk",
+            "ExpressionAttributeNames": {"#pk": attr},
+            "ExpressionAttributeValues": {":pk": {"S": partition}},
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if next_token:
+            request["ExclusiveStartKey"] = _decode_token(next_token, (attr, partition))
+        response = self.ddb.query(**request)
+        last = response.get("LastEvaluatedKey")
+        return [self._task(i) for i in response.get("Items", [])], _encode_token(last) if last else None
+
+    def transition(self, task: Task, new_status: TaskStatus, changes: dict[str, Any]) -> Task:
+        try:
+            response = self.ddb.update_item(**self._status_update(task, new_status, changes), ReturnValues="ALL_NEW")
+        except ClientError as exc:
+            if _error_code(exc) == "ConditionalCheckFailedException":
+                raise StaleStatus(f"task {task.task_id} is no longer {task.status}") from exc
+            raise
+        return self._task(response["Attributes"])
+
+    def update(self, task: Task, changes: dict[str, Any]) -> Task:
+        clause, names, values = self._set_clause(changes)
+        names["#status"] = "status"
+        values[":expected"] = {"S": task.status.value}
+        try:
+            response = self.ddb.update_item(
+                TableName=self.table,
+                Key=task_key(task.task_id),
+                UpdateExpression=f"SET {clause}",
+                ConditionExpression="#status = :expected",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if _error_code(exc) == "ConditionalCheckFailedException":
+                raise StaleStatus(f"task {task.task_id} is no longer {task.status}") from exc
+            raise
+        return self._task(response["Attributes"])
+
+    def finalize(
+        self, task: Task, new_status: TaskStatus, changes: dict[str, Any], metering_key: str, metering: Metering
+    ) -> Task:
+        now = changes.get("updated_at") or datetime.now(UTC)
+        metering_json = metering.model_dump(mode="json")
+        update = self._status_update(task, new_status, {**changes, "metering": metering_json})
+        update["ConditionExpression"] += " AND attribute_not_exists(metering)"
+        record = {
+            "pk": f"METER#{metering_key}",
+            "sk": "METER",
+            "gsi1pk": usage_partition(task.tenant),
+            "gsi1sk": f"{usage_day(metering, now).isoformat()}#{task.task_id}",
+            "task_id": task.task_id,
+            "tenant": task.tenant,
+            "metering": metering_json,
+            "recorded_at": now.isoformat(),
+        }
+        try:
+            self.ddb.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self.table,
+                            "Item": _serialize(record),
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    },
+                    {"Update": update},
+                ]
+            )
+        except ClientError as exc:
+            if _error_code(exc) in ("TransactionCanceledException", "ConditionalCheckFailedException"):
+                raise StaleStatus(f"task {task.task_id} changed or was metered meanwhile") from exc
+            raise
+        stored = self.get(task.task_id)
+        assert stored is not None
+        return stored
+
+    def usage(self, tenant: str, start: date, end: date) -> list[tuple[date, Metering]]:
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": TASKS_INDEX,
+            "KeyConditionExpression": "gsi1pk = :pk AND gsi1sk BETWEEN :start AND :end",
+            "ExpressionAttributeValues": {
+                ":pk": {"S": usage_partition(tenant)},
+                ":start": {"S": start.isoformat()},
+                ":end": {"S": end.isoformat() + "#~"},
+            },
+        }
+        rows: list[tuple[date, Metering]] = []
+        while True:
+            response = self.ddb.query(**request)
+            for raw in response.get("Items", []):
+                item = _deserialize(raw)
+                rows.append((date.fromisoformat(item["gsi1sk"][:10]), Metering.model_validate(item["metering"])))
+            if "LastEvaluatedKey" not in response:
+                return rows
+            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def metering_record(self, metering_key: str) -> dict[str, Any] | None:
+        item = self.ddb.get_item(
+            TableName=self.table, Key={"pk": {"S": f"METER#{metering_key}"}, "sk": {"S": "METER"}}
+        ).get("Item")
+        return _deserialize(item) if item else None
+
+
+class StepFunctionsOrchestrator:
+    def __init__(self, state_machine_arn: str, client: Any) -> None:
+        self.state_machine_arn = state_machine_arn
+        self.sfn = client
+
+    def start(self, name: str, execution_input: dict[str, Any]) -> str:
+        try:
+            return str(
+                self.sfn.start_execution(
+                    stateMachineArn=self.state_machine_arn, name=name, input=json.dumps(execution_input)
+                )["executionArn"]
+            )
+        except ClientError as exc:
+            if _error_code(exc) == "ExecutionAlreadyExists":
+                # AWS answers a repeated name with the same input by returning the running execution;
+                # moto raises instead. Either way the execution exists.
+                return execution_arn_for(self.state_machine_arn, name)
+            raise OrchestrationUnavailable(f"{_error_code(exc)}: {exc}") from exc
+
+    def stop(self, execution_arn: str, cause: str) -> None:
+        try:
+            self.sfn.stop_execution(executionArn=execution_arn, cause=cause)
+        except ClientError as exc:
+            logger.warning("could not stop execution", execution_arn=execution_arn, error=_error_code(exc))
+
+
+class EcsCompute:
+    def __init__(self, cluster: str, client: Any) -> None:
+        self.cluster = cluster
+        self.ecs = client
+
+    def find_task(self, started_by: str) -> str | None:
+        for desired in ("RUNNING", "STOPPED"):
+            arns = self.ecs.list_tasks(cluster=self.cluster, startedBy=started_by, desiredStatus=desired)
+            if arns.get("taskArns"):
+                return str(arns["taskArns"][0])
+        return None
+
+    def stop_task(self, ecs_task_arn: str, reason: str) -> None:
+        try:
+            self.ecs.stop_task(cluster=self.cluster, task=ecs_task_arn, reason=reason[:255])
+        except ClientError as exc:
+            logger.warning("could not stop ECS task", ecs_task_arn=ecs_task_arn, error=_error_code(exc))
+
+
+class CloudWatchLogReader:
+    def __init__(self, log_group: str, client: Any) -> None:
+        self.log_group = log_group
+        self.logs = client
+
+    def read(self, stream: str, limit: int, next_token: str | None) -> tuple[list[LogEvent], str | None]:
+        request: dict[str, Any] = {
+            "logGroupName": self.log_group,
+            "logStreamName": stream,
+            "startFromHead": True,
+            "limit": limit,
+        }
+        if next_token:
+            request["nextToken"] = next_token
+        try:
+            response = self.logs.get_log_events(**request)
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code == "ResourceNotFoundException":
+                return [], None
+            if code == "InvalidParameterException" and next_token:
+                raise InvalidParameter("next_token", "is not a token this listing issued") from exc
+            raise
+        events = [
+            LogEvent(timestamp=datetime.fromtimestamp(e["timestamp"] / 1000, tz=UTC), message=e["message"])
+            for e in response.get("events", [])
+        ]
+        token = response.get("nextForwardToken")
+        return events, (token if events and token and token != next_token else None)

@@ -1,0 +1,262 @@
+"""The public data model (DESIGN §4): what clients send and what they get back."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from taskrunner.fargate import MAX_OVERRIDES_JSON_CHARS, VALID_CPU, VALID_MEMORY_BY_CPU
+
+#: The one container in every task definition this system registers.
+CONTAINER_NAME = "main"
+DEFAULT_TENANT = "default"
+
+
+class Architecture(StrEnum):
+    X86_64 = "X86_64"
+    ARM64 = "ARM64"
+
+
+class Capacity(StrEnum):
+    ON_DEMAND = "ON_DEMAND"
+    SPOT = "SPOT"
+
+
+class TaskStatus(StrEnum):
+    SUBMITTED = "SUBMITTED"
+    PROVISIONING = "PROVISIONING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+    def can_become(self, new: TaskStatus) -> bool:
+        """Status only moves forward; a terminal status never changes."""
+        return not self.terminal and _RANK[new] > _RANK[self]
+
+
+TERMINAL_STATUSES = frozenset(
+    {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED}
+)
+_RANK = {
+    TaskStatus.SUBMITTED: 0,
+    TaskStatus.PROVISIONING: 1,
+    TaskStatus.RUNNING: 2,
+    TaskStatus.SUCCEEDED: 3,
+    TaskStatus.FAILED: 3,
+    TaskStatus.TIMED_OUT: 3,
+    TaskStatus.CANCELLED: 3,
+}
+
+# A container image reference: [registry[:port]/]path[:tag][@digest], lower-case path components. As in
+# Docker, the first component is a registry only when it has a dot or a port, or is `localhost`.
+IMAGE_PATTERN = (
+    r"^(?:(?:localhost|[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)+)(?::[0-9]+)?/|[a-zA-Z0-9-]+:[0-9]+/)?"
+    r"[a-z0-9]+(?:[._-]{1,2}[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]{1,2}[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[+.-_][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+
+ImageRef = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=255, pattern=IMAGE_PATTERN),
+    Field(description="A container image reference, for example `python:3.12-slim`.", examples=["python:3.12-slim"]),
+]
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=255)]
+TagKey = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+TagValue = Annotated[str, StringConstraints(max_length=256)]
+
+
+class TaskSpec(BaseModel):
+    """What to run. Sizes follow Fargate's table; the RunTask overrides must fit in 8,192 characters."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+
+    image: ImageRef
+    command: Annotated[
+        list[Annotated[str, StringConstraints(max_length=8192)]] | None,
+        Field(description="Overrides the image's command.", examples=[["sh", "-c", "echo hi"]]),
+    ] = None
+    environment: Annotated[
+        dict[EnvName, str] | None,
+        Field(description="Environment variables; names match `[A-Za-z_][A-Za-z0-9_]*`."),
+    ] = None
+    cpu: Annotated[int, Field(description=f"CPU units, one of {', '.join(map(str, VALID_CPU))}.")] = 256
+    memory: Annotated[int, Field(description="Memory in MiB; must fit `cpu` (Fargate's size table).")] = 512
+    architecture: Architecture = Architecture.X86_64
+    capacity: Annotated[
+        Capacity, Field(description="`SPOT` runs on Fargate Spot (cheaper, may be interrupted).")
+    ] = Capacity.ON_DEMAND
+    ephemeral_storage_gib: Annotated[int, Field(ge=20, le=200)] = 20
+    timeout_seconds: Annotated[int, Field(ge=1, le=1_209_600)] = 3600
+    name: Annotated[str | None, StringConstraints(max_length=128)] = None
+    tags: Annotated[dict[TagKey, TagValue] | None, Field(max_length=20)] = None
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu_is_a_fargate_size(cls, cpu: int) -> int:
+        if cpu not in VALID_MEMORY_BY_CPU:
+            raise PydanticCustomError(
+                "fargate_cpu",
+                "cpu must be one of {valid_values}",
+                {"valid_values": list(VALID_CPU)},
+            )
+        return cpu
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_fits_cpu(cls, memory: int, info: ValidationInfo) -> int:
+        cpu = info.data.get("cpu")
+        if cpu is None:  # cpu itself was invalid and is reported on its own
+            return memory
+        valid = VALID_MEMORY_BY_CPU[cpu]
+        if memory not in valid:
+            raise PydanticCustomError(
+                "fargate_memory",
+                "memory {memory} MiB does not fit cpu {cpu}; valid memory values for cpu {cpu}: {valid_list}",
+                {
+                    "memory": memory,
+                    "cpu": cpu,
+                    "valid_values": list(valid),
+                    "valid_list": ", ".join(map(str, valid)),
+                },
+            )
+        return memory
+
+    @model_validator(mode="after")
+    def _overrides_fit_runtask_limit(self) -> TaskSpec:
+        size = len(json.dumps(run_task_overrides(self), separators=(",", ":")))
+        if size > MAX_OVERRIDES_JSON_CHARS:
+            raise PydanticCustomError(
+                "overrides_too_large",
+                "command and environment make the RunTask overrides {size} characters of JSON; "
+                "ECS accepts at most {limit}",
+                {"size": size, "limit": MAX_OVERRIDES_JSON_CHARS, "field": "environment"},
+            )
+        return self
+
+
+def run_task_overrides(spec: TaskSpec) -> dict[str, Any]:
+    """The `overrides` of ECS RunTask for `spec`, in the PascalCase that Step Functions passes on.
+
+    The JSON that ECS measures against its 8,192-character limit is the same object in camelCase, which
+    has exactly the same length."""
+    container: dict[str, Any] = {"Name": CONTAINER_NAME, "Cpu": spec.cpu, "Memory": spec.memory}
+    if spec.command is not None:
+        container["Command"] = spec.command
+    if spec.environment:
+        container["Environment"] = [{"Name": k, "Value": v} for k, v in spec.environment.items()]
+    overrides: dict[str, Any] = {
+        "ContainerOverrides": [container],
+        "Cpu": str(spec.cpu),
+        "Memory": str(spec.memory),
+    }
+    if spec.ephemeral_storage_gib > 20:
+        overrides["EphemeralStorage"] = {"SizeInGiB": spec.ephemeral_storage_gib}
+    return overrides
+
+
+class Metering(BaseModel):
+    """One task's bill, computed the way Fargate bills (DESIGN §5)."""
+
+    billed_seconds: int
+    vcpu: float
+    memory_gib: float
+    vcpu_seconds: float
+    gib_seconds: float
+    ephemeral_storage_gib_seconds: float
+    architecture: Architecture
+    capacity: Capacity
+    cost_usd: float
+    window_start: datetime | None
+    window_end: datetime | None
+    ecs_task_arn: str | None = None
+    region: str | None = None
+
+
+class Task(BaseModel):
+    task_id: str
+    tenant: str
+    name: str | None = None
+    status: TaskStatus
+    spec: TaskSpec
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    stopped_at: datetime | None = None
+    exit_code: int | None = None
+    stop_code: str | None = None
+    status_reason: str | None = None
+    ecs_task_arn: str | None = None
+    execution_arn: str | None = None
+    metering: Metering | None = None
+
+
+class TaskPage(BaseModel):
+    items: list[Task]
+    next_token: str | None = None
+
+
+class LogEvent(BaseModel):
+    timestamp: datetime
+    message: str
+
+
+class LogPage(BaseModel):
+    events: list[LogEvent]
+    next_token: str | None = None
+
+
+class UsageRow(BaseModel):
+    tasks: int = 0
+    billed_seconds: int = 0
+    vcpu_seconds: float = 0.0
+    gib_seconds: float = 0.0
+    ephemeral_storage_gib_seconds: float = 0.0
+    cost_usd: float = 0.0
+
+
+class UsageDay(UsageRow):
+    date: date
+
+
+class Usage(BaseModel):
+    tenant: str
+    from_date: Annotated[date, Field(serialization_alias="from")]
+    to_date: Annotated[date, Field(serialization_alias="to")]
+    totals: UsageRow
+    days: list[UsageDay]
+
+
+class ErrorDetail(BaseModel):
+    field: str | None = None
+    rule: str
+    valid_values: list[Any] | None = None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: list[ErrorDetail] = []
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,56 @@
+"""What the domain needs from the outside world. Adapters implement these with boto3; tests with fakes."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any, Protocol
+
+from taskrunner.models import LogEvent, Metering, Task, TaskStatus
+
+
+class TaskStore(Protocol):
+    def create(self, task: Task) -> None:
+        """Store a new task; never overwrites an existing one."""
+
+    def get(self, task_id: str) -> Task | None: ...
+
+    def list(
+        self, tenant: str, status: TaskStatus | None, limit: int, next_token: str | None
+    ) -> tuple[list[Task], str | None]:
+        """Newest first. Raises InvalidParameter for a token it did not issue."""
+
+    def transition(self, task: Task, new_status: TaskStatus, changes: dict[str, Any]) -> Task:
+        """Move `task` from its current (stored) status to `new_status`, applying `changes`.
+        Raises StaleStatus when the stored status is no longer `task.status`."""
+
+    def update(self, task: Task, changes: dict[str, Any]) -> Task:
+        """Change fields other than status, provided the status is still `task.status` (else StaleStatus)."""
+
+    def finalize(self, task: Task, new_status: TaskStatus, changes: dict[str, Any], metering_key: str,
+                 metering: Metering) -> Task:
+        """Atomically write the task's one metering record (keyed by `metering_key`, never overwritten)
+        and its final fields. Raises StaleStatus when the stored task is not `task` any more or already
+        carries a metering record."""
+
+    def usage(self, tenant: str, start: date, end: date) -> list[tuple[date, Metering]]:
+        """The tenant's metering records whose day falls in [start, end]."""
+
+
+class Orchestrator(Protocol):
+    def start(self, name: str, execution_input: dict[str, Any]) -> str:
+        """Start the workflow execution called `name`; an existing one of that name counts as started.
+        Returns its ARN."""
+
+    def stop(self, execution_arn: str, cause: str) -> None:
+        """Stop the execution if it is still running."""
+
+
+class Compute(Protocol):
+    def find_task(self, started_by: str) -> str | None:
+        """The ARN of the ECS task started for this task id, if one exists."""
+
+    def stop_task(self, ecs_task_arn: str, reason: str) -> None: ...
+
+
+class LogReader(Protocol):
+    def read(self, stream: str, limit: int, next_token: str | None) -> tuple[list[LogEvent], str | None]: ...

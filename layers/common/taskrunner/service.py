@@ -1,0 +1,422 @@
+"""The task runner's domain: submission, status, cancellation, finalization, metering and usage.
+
+Every entry point (HTTP, the state machine, ECS events, schedules) calls into `TaskService`; it talks to
+the outside world only through the ports in `taskrunner.ports`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from typing import Any
+
+from taskrunner import fargate
+from taskrunner.errors import (
+    InvalidParameter,
+    OrchestrationUnavailable,
+    StaleStatus,
+    TaskAlreadyTerminal,
+    TaskNotFound,
+)
+from taskrunner.models import (
+    CONTAINER_NAME,
+    Capacity,
+    LogPage,
+    Metering,
+    Task,
+    TaskPage,
+    TaskSpec,
+    TaskStatus,
+    Usage,
+    UsageDay,
+    UsageRow,
+    run_task_overrides,
+)
+from taskrunner.observation import TaskObservation
+from taskrunner.ports import Compute, LogReader, Orchestrator, TaskStore
+from taskrunner.settings import Settings
+
+CANCEL_REASON = "Cancelled by user"
+MAX_USAGE_DAYS = 366
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_MAX_RACE_RETRIES = 8
+
+
+class Outcome(StrEnum):
+    """How the state machine saw the ECS task end."""
+
+    COMPLETED = "COMPLETED"  # runTask.sync returned: the task stopped and its essential container exited 0
+    TASK_FAILED = "TASK_FAILED"  # States.TaskFailed: non-zero exit or failed to start
+    TIMED_OUT = "TIMED_OUT"  # States.Timeout on the runTask.sync state
+    ERROR = "ERROR"  # anything else (RunTask failures after retries, runtime errors)
+    NOT_STARTED = "NOT_STARTED"  # the workflow decided not to run the task (it was cancelled first)
+    EVENT = "EVENT"  # an ECS "Task State Change" event saw the task stop
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _MonotonicIds:
+    """26-character, time-ordered ids (ULID layout: 48-bit milliseconds + 80 random bits, Crockford base32).
+    Within one millisecond the random part is incremented, so ids from one process always sort in creation
+    order; newest-first listing relies on that."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_ms = -1
+        self._last_random = 0
+
+    def __call__(self, now: Callable[[], float] = time.time) -> str:
+        with self._lock:
+            ms = int(now() * 1000)
+            if ms <= self._last_ms and self._last_random < (1 << 80) - 1:
+                ms, random = self._last_ms, self._last_random + 1
+            else:
+                random = secrets.randbits(80)
+            self._last_ms, self._last_random = ms, random
+        value = (ms << 80) | random
+        return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+new_task_id = _MonotonicIds()
+
+
+def task_definition_family(prefix: str, spec: TaskSpec) -> str:
+    """One task definition family per (image, architecture, ephemeral storage), reused across tasks."""
+    digest = hashlib.sha256(spec.image.encode()).hexdigest()[:24]
+    return f"{prefix}-{spec.architecture.value.lower()}-{spec.ephemeral_storage_gib}g-{digest}"
+
+
+def execution_arn_for(state_machine_arn: str, name: str) -> str:
+    return state_machine_arn.replace(":stateMachine:", ":execution:", 1) + f":{name}"
+
+
+class TaskService:
+    def __init__(
+        self,
+        *,
+        store: TaskStore,
+        orchestrator: Orchestrator,
+        compute: Compute,
+        logs: LogReader,
+        settings: Settings,
+        clock: Callable[[], datetime] = utcnow,
+        new_id: Callable[[], str] = new_task_id,
+    ) -> None:
+        self.store = store
+        self.orchestrator = orchestrator
+        self.compute = compute
+        self.logs = logs
+        self.settings = settings
+        self.clock = clock
+        self.new_id = new_id
+        self.prices = fargate.region_prices(settings.region, settings.price_table())
+
+    # ------------------------------------------------------------------ submission
+
+    def submit(self, tenant: str, spec: TaskSpec) -> Task:
+        now = self.clock()
+        task_id = self.new_id()
+        task = Task(
+            task_id=task_id,
+            tenant=tenant,
+            name=spec.name,
+            status=TaskStatus.SUBMITTED,
+            spec=spec,
+            created_at=now,
+            updated_at=now,
+            execution_arn=execution_arn_for(self.settings.state_machine_arn, task_id),
+        )
+        self.store.create(task)
+        try:
+            self.orchestrator.start(task_id, self.execution_input(task))
+        except OrchestrationUnavailable as exc:
+            self.finalize(task_id, Outcome.ERROR, None, reason=f"Could not start the workflow: {exc}")
+            raise
+        return task
+
+    def execution_input(self, task: Task) -> dict[str, Any]:
+        spec = task.spec
+        tags = [
+            {"Key": "taskrunner:task-id", "Value": task.task_id},
+            {"Key": "taskrunner:tenant", "Value": task.tenant},
+        ]
+        tags += [{"Key": k, "Value": v} for k, v in (spec.tags or {}).items()]
+        return {
+            "task_id": task.task_id,
+            "tenant": task.tenant,
+            "task_definition": {
+                "family": task_definition_family(self.settings.task_family_prefix, spec),
+                "image": spec.image,
+                "cpu": str(spec.cpu),
+                "memory": str(spec.memory),
+                "cpu_architecture": spec.architecture.value,
+                "ephemeral_storage_gib": spec.ephemeral_storage_gib,
+            },
+            "overrides": run_task_overrides(spec),
+            "capacity_provider": "FARGATE_SPOT" if spec.capacity is Capacity.SPOT else "FARGATE",
+            "timeout_seconds": spec.timeout_seconds,
+            "tags": tags,
+        }
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, tenant: str, task_id: str) -> Task:
+        task = self.store.get(task_id)
+        if task is None or task.tenant != tenant:
+            raise TaskNotFound(task_id)
+        return task
+
+    def list(self, tenant: str, status: TaskStatus | None, limit: int, next_token: str | None) -> TaskPage:
+        items, token = self.store.list(tenant, status, limit, next_token)
+        return TaskPage(items=items, next_token=token)
+
+    def logs_of(self, tenant: str, task_id: str, limit: int, next_token: str | None) -> LogPage:
+        task = self.get(tenant, task_id)
+        if not task.ecs_task_arn:
+            return LogPage(events=[], next_token=None)
+        events, token = self.logs.read(self.log_stream(task.ecs_task_arn), limit, next_token)
+        return LogPage(events=events, next_token=token)
+
+    def log_stream(self, ecs_task_arn: str) -> str:
+        ecs_task_id = ecs_task_arn.rsplit("/", 1)[-1]
+        return f"{self.settings.task_log_stream_prefix}/{CONTAINER_NAME}/{ecs_task_id}"
+
+    def usage(self, tenant: str, start: date, end: date) -> Usage:
+        if end < start:
+            raise InvalidParameter("to", f"must not be before from ({start.isoformat()})")
+        if (end - start).days + 1 > MAX_USAGE_DAYS:
+            raise InvalidParameter("to", f"the range may span at most {MAX_USAGE_DAYS} days")
+        days: dict[date, UsageDay] = {}
+        totals = UsageRow()
+        for day, m in self.store.usage(tenant, start, end):
+            row = days.setdefault(day, UsageDay(date=day))
+            for acc in (row, totals):
+                acc.tasks += 1
+                acc.billed_seconds += m.billed_seconds
+                acc.vcpu_seconds += m.vcpu_seconds
+                acc.gib_seconds += m.gib_seconds
+                acc.ephemeral_storage_gib_seconds += m.ephemeral_storage_gib_seconds
+                acc.cost_usd = round(acc.cost_usd + m.cost_usd, 10)
+        return Usage(tenant=tenant, from_date=start, to_date=end, totals=totals,
+                      days=[days[d] for d in sorted(days)])
+
+    # ------------------------------------------------------------------ cancellation and timeout
+
+    def cancel(self, tenant: str, task_id: str) -> Task:
+        task = self.get(tenant, task_id)
+        task = self._move_to(task, TaskStatus.CANCELLED, CANCEL_REASON, raise_if_terminal=True)
+        if task.execution_arn:
+            self.orchestrator.stop(task.execution_arn, CANCEL_REASON)
+        ecs_task_arn = task.ecs_task_arn or self.compute.find_task(task_id)
+        if ecs_task_arn:
+            # The ECS task's STOPPED event finalizes and meters it (the execution no longer will).
+            self.compute.stop_task(ecs_task_arn, CANCEL_REASON)
+            return self._remember_arn(task, ecs_task_arn)
+        return self.finalize(task_id, Outcome.NOT_STARTED, None, reason=CANCEL_REASON)
+
+    def stop_for_timeout(self, task_id: str) -> str | None:
+        """Mark the task TIMED_OUT and stop its ECS task. Returns the ECS task ARN, if there is one."""
+        task = self.store.get(task_id)
+        if task is None:
+            raise TaskNotFound(task_id)
+        reason = f"Timed out after {task.spec.timeout_seconds} s"
+        task = self._move_to(task, TaskStatus.TIMED_OUT, reason, raise_if_terminal=False)
+        ecs_task_arn = task.ecs_task_arn or self.compute.find_task(task_id)
+        if ecs_task_arn:
+            self.compute.stop_task(ecs_task_arn, reason)
+            self._remember_arn(task, ecs_task_arn)
+        return ecs_task_arn
+
+    def _move_to(self, task: Task, status: TaskStatus, reason: str, *, raise_if_terminal: bool) -> Task:
+        for _ in range(_MAX_RACE_RETRIES):
+            if not task.status.can_become(status):
+                if raise_if_terminal and task.status.terminal:
+                    raise TaskAlreadyTerminal(task.task_id, task.status.value)
+                return task
+            try:
+                return self.store.transition(task, status, {"status_reason": reason, "updated_at": self.clock()})
+            except StaleStatus:
+                task = self._reload(task.task_id)
+        raise StaleStatus(f"task {task.task_id} kept changing while moving to {status}")
+
+    def _remember_arn(self, task: Task, ecs_task_arn: str) -> Task:
+        for _ in range(_MAX_RACE_RETRIES):
+            if task.ecs_task_arn == ecs_task_arn:
+                return task
+            try:
+                return self.store.update(task, {"ecs_task_arn": ecs_task_arn, "updated_at": self.clock()})
+            except StaleStatus:
+                task = self._reload(task.task_id)
+        return task
+
+    def _reload(self, task_id: str) -> Task:
+        task = self.store.get(task_id)
+        if task is None:
+            raise TaskNotFound(task_id)
+        return task
+
+    # ------------------------------------------------------------------ ECS task state changes
+
+    def on_ecs_task_state_change(self, observation: TaskObservation) -> Task | None:
+        """Live status from ECS events, and the safety net that finalizes tasks nobody else did."""
+        task_id = observation.started_by
+        task = self.store.get(task_id) if task_id else None
+        if task is None or observation.ecs_task_arn is None:
+            return None
+        if observation.stopped:
+            return self.finalize(task.task_id, Outcome.EVENT, observation)
+        if task.status in (TaskStatus.CANCELLED, TaskStatus.TIMED_OUT):
+            self.compute.stop_task(observation.ecs_task_arn, task.status_reason or CANCEL_REASON)
+            return self._remember_arn(task, observation.ecs_task_arn)
+        if observation.last_status == "RUNNING":
+            return self._mark_running(task, observation)
+        return self._remember_arn(task, observation.ecs_task_arn)
+
+    def _mark_running(self, task: Task, observation: TaskObservation) -> Task:
+        changes = {
+            "started_at": observation.started_at or self.clock(),
+            "ecs_task_arn": observation.ecs_task_arn,
+            "updated_at": self.clock(),
+        }
+        for _ in range(_MAX_RACE_RETRIES):
+            if not task.status.can_become(TaskStatus.RUNNING):
+                return task
+            try:
+                return self.store.transition(task, TaskStatus.RUNNING, changes)
+            except StaleStatus:
+                task = self._reload(task.task_id)
+        return task
+
+    # ------------------------------------------------------------------ finalization and metering
+
+    def finalize(
+        self,
+        task_id: str,
+        outcome: Outcome,
+        observation: TaskObservation | None,
+        *,
+        reason: str | None = None,
+    ) -> Task:
+        """Give the task its final status and its one metering record. Safe to call any number of
+        times, from the state machine and the event path alike: the first complete call wins.
+
+        A task whose ECS task is still running is only given its final status here; it is metered when
+        its ECS task reports STOPPED."""
+        for _ in range(_MAX_RACE_RETRIES):
+            task = self._reload(task_id)
+            if task.metering is not None:
+                return task
+            status = self._final_status(task, outcome, observation)
+            changes = self._final_fields(task, status, observation, reason)
+            ecs_running = observation is not None and observation.ecs_task_arn and not observation.stopped
+            try:
+                if ecs_running:
+                    if task.status.terminal:
+                        return task
+                    return self.store.transition(task, status, changes)
+                metering_key = (observation.ecs_task_arn if observation else None) or f"task/{task_id}"
+                return self.store.finalize(task, status, changes, metering_key, self.meter(task, observation))
+            except StaleStatus:
+                continue
+        raise StaleStatus(f"task {task_id} kept changing while being finalized")
+
+    @staticmethod
+    def _final_status(task: Task, outcome: Outcome, observation: TaskObservation | None) -> TaskStatus:
+        if task.status.terminal:
+            return task.status
+        if outcome is Outcome.TIMED_OUT:
+            return TaskStatus.TIMED_OUT
+        if outcome is Outcome.NOT_STARTED:
+            return TaskStatus.CANCELLED
+        if observation is None or observation.ecs_task_arn is None:
+            return TaskStatus.FAILED
+        if observation.stop_code == "UserInitiated":
+            return TaskStatus.CANCELLED
+        if observation.exit_code == 0 and observation.stop_code in (None, "EssentialContainerExited"):
+            return TaskStatus.SUCCEEDED
+        return TaskStatus.FAILED
+
+    def _final_fields(
+        self, task: Task, status: TaskStatus, observation: TaskObservation | None, reason: str | None
+    ) -> dict[str, Any]:
+        changes: dict[str, Any] = {"updated_at": self.clock()}
+        if observation is not None:
+            if observation.ecs_task_arn:
+                changes["ecs_task_arn"] = observation.ecs_task_arn
+            for key, value in (
+                ("started_at", observation.started_at or task.started_at),
+                ("stopped_at", observation.stopped_at),
+                ("exit_code", observation.exit_code),
+                ("stop_code", observation.stop_code),
+            ):
+                if value is not None:
+                    changes[key] = value
+        if not task.status.terminal or task.status_reason is None:
+            detail = None
+            if observation is not None and status is not TaskStatus.SUCCEEDED:
+                detail = observation.container_reason or observation.stopped_reason
+            changes["status_reason"] = reason or detail or (
+                observation.stopped_reason if observation else None
+            )
+        if changes.get("status_reason") is None:
+            changes.pop("status_reason", None)
+        return changes
+
+    def meter(self, task: Task, observation: TaskObservation | None) -> Metering:
+        spec = task.spec
+        pull_started = observation.pull_started_at if observation else None
+        stopped = observation.stopped_at if observation else None
+        billed = fargate.billed_seconds(pull_started, stopped)
+        capacity = spec.capacity
+        if observation and observation.capacity_provider:
+            capacity = Capacity.SPOT if observation.capacity_provider == "FARGATE_SPOT" else Capacity.ON_DEMAND
+        c = fargate.charge(
+            billed=billed,
+            cpu_units=spec.cpu,
+            memory_mib=spec.memory,
+            ephemeral_storage_gib=spec.ephemeral_storage_gib,
+            architecture=spec.architecture.value,
+            spot=capacity is Capacity.SPOT,
+            prices=self.prices,
+        )
+        return Metering(
+            billed_seconds=c.billed_seconds,
+            vcpu=float(c.vcpu),
+            memory_gib=float(c.memory_gib),
+            vcpu_seconds=float(c.vcpu_seconds),
+            gib_seconds=float(c.gib_seconds),
+            ephemeral_storage_gib_seconds=float(c.ephemeral_storage_gib_seconds),
+            architecture=spec.architecture,
+            capacity=capacity,
+            cost_usd=float(c.cost_usd),
+            window_start=pull_started if billed else None,
+            window_end=(stopped or pull_started) if billed else None,
+            ecs_task_arn=observation.ecs_task_arn if observation else None,
+            region=self.settings.region,
+        )
+
+
+def default_usage_range(today: date) -> tuple[date, date]:
+    return today.replace(day=1), today
+
+
+def usage_day(metering: Metering, finalized_at: datetime) -> date:
+    return (metering.window_end or finalized_at).astimezone(UTC).date()
+
+
+__all__ = [
+    "Outcome",
+    "TaskService",
+    "default_usage_range",
+    "execution_arn_for",
+    "new_task_id",
+    "task_definition_family",
+    "usage_day",
+]

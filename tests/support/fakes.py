@@ -1,0 +1,106 @@
+"""In-memory implementations of the domain's ports, with the same conditional semantics as DynamoDB."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, date, datetime
+from typing import Any
+
+from taskrunner.errors import InvalidParameter, StaleStatus
+from taskrunner.models import LogEvent, Metering, Task, TaskStatus
+from taskrunner.service import usage_day
+
+
+class InMemoryTaskStore:
+    def __init__(self) -> None:
+        self.tasks: dict[str, Task] = {}
+        self.metering: dict[str, tuple[str, date, Metering]] = {}
+
+    def create(self, task: Task) -> None:
+        assert task.task_id not in self.tasks, "create must never overwrite"
+        self.tasks[task.task_id] = copy.deepcopy(task)
+
+    def get(self, task_id: str) -> Task | None:
+        task = self.tasks.get(task_id)
+        return copy.deepcopy(task) if task else None
+
+    def list(self, tenant: str, status: TaskStatus | None, limit: int, next_token: str | None):
+        items = sorted(
+            (t for t in self.tasks.values() if t.tenant == tenant and (status is None or t.status == status)),
+            key=lambda t: t.task_id,
+            reverse=True,
+        )
+        if next_token:
+            if not next_token.startswith("after:"):
+                raise InvalidParameter("next_token", "is not a token this listing issued")
+            items = [t for t in items if t.task_id < next_token.removeprefix("after:")]
+        page = items[:limit]
+        more = len(items) > limit
+        return [copy.deepcopy(t) for t in page], (f"after:{page[-1].task_id}" if more else None)
+
+    def _apply(self, task: Task, new_status: TaskStatus | None, changes: dict[str, Any]) -> Task:
+        stored = self.tasks.get(task.task_id)
+        if stored is None or stored.status != task.status:
+            raise StaleStatus("stale")
+        data = stored.model_dump()
+        data.update(changes)
+        if new_status is not None:
+            data["status"] = new_status
+        self.tasks[task.task_id] = Task.model_validate(data)
+        return copy.deepcopy(self.tasks[task.task_id])
+
+    def transition(self, task: Task, new_status: TaskStatus, changes: dict[str, Any]) -> Task:
+        return self._apply(task, new_status, changes)
+
+    def update(self, task: Task, changes: dict[str, Any]) -> Task:
+        return self._apply(task, None, changes)
+
+    def finalize(self, task, new_status, changes, metering_key, metering) -> Task:
+        stored = self.tasks.get(task.task_id)
+        if metering_key in self.metering or stored is None or stored.metering is not None:
+            raise StaleStatus("already metered")
+        result = self._apply(task, new_status, {**changes, "metering": metering})
+        self.metering[metering_key] = (task.tenant, usage_day(metering, datetime.now(UTC)), metering)
+        return result
+
+    def usage(self, tenant: str, start: date, end: date):
+        return [(d, m) for t, d, m in self.metering.values() if t == tenant and start <= d <= end]
+
+
+class RecordingOrchestrator:
+    def __init__(self, fail_with: Exception | None = None) -> None:
+        self.started: dict[str, dict[str, Any]] = {}
+        self.stopped: list[str] = []
+        self.fail_with = fail_with
+
+    def start(self, name: str, execution_input: dict[str, Any]) -> str:
+        if self.fail_with:
+            raise self.fail_with
+        self.started.setdefault(name, execution_input)
+        return f"arn:aws:states:us-east-1:123456789012:execution:run-task:{name}"
+
+    def stop(self, execution_arn: str, cause: str) -> None:
+        self.stopped.append(execution_arn)
+
+
+class FakeCompute:
+    def __init__(self) -> None:
+        self.tasks_by_started_by: dict[str, str] = {}
+        self.stopped: list[tuple[str, str]] = []
+
+    def find_task(self, started_by: str) -> str | None:
+        return self.tasks_by_started_by.get(started_by)
+
+    def stop_task(self, ecs_task_arn: str, reason: str) -> None:
+        self.stopped.append((ecs_task_arn, reason))
+
+
+class FakeLogs:
+    def __init__(self) -> None:
+        self.streams: dict[str, list[LogEvent]] = {}
+
+    def read(self, stream: str, limit: int, next_token: str | None):
+        events = self.streams.get(stream, [])
+        start = int(next_token) if next_token else 0
+        page = events[start : start + limit]
+        return page, (str(start + len(page)) if page else None)
