@@ -1,13 +1,13 @@
 """HTTP API of the task runner (DESIGN §4): Powertools resolver, pydantic validation, OpenAPI."""
-
-from __future__ import annotations
+# No `from __future__ import annotations` here: Powertools reads the route signatures (through the tracer's
+# wrappers) to build validation and OpenAPI, and string annotations would resolve in the wrong module.
 
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
-from aws_lambda_powertools.event_handler.openapi.params import Header, Path, Query
+from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
@@ -38,7 +38,7 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
 
 
 def _model(status: int, model: Task | TaskPage | LogPage | Usage, **headers: str) -> Response[Any]:
-    return _json(status, model.model_dump_json(by_alias=True), headers or None)
+    return _json(status, model, headers or None)
 
 
 def current_tenant() -> str:
@@ -53,7 +53,7 @@ def current_tenant() -> str:
 )
 @tracer.capture_method
 def submit_task(
-    spec: TaskSpec,
+    spec: Annotated[TaskSpec, Body(description="The task to run")],
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -82,7 +82,7 @@ def list_tasks(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     next_token: Annotated[str | None, Query(min_length=1, max_length=4096)] = None,
 ) -> Response[TaskPage]:
-    return _model(200, task_service().list(current_tenant(), status, limit, next_token))
+    return _model(200, task_service().list_tasks(current_tenant(), status, limit, next_token))
 
 
 @app.get("/tasks/<task_id>", summary="Get a task")
@@ -119,7 +119,9 @@ def task_logs(
 @app.get("/usage", summary="Metered usage per day for the caller's tenant")
 @tracer.capture_method
 def usage(
-    from_: Annotated[date | None, Query(alias="from", description="First day, YYYY-MM-DD (default: 1st of month)")] = None,
+    from_: Annotated[
+        date | None, Query(alias="from", description="First day, YYYY-MM-DD (default: 1st of month)")
+    ] = None,
     to: Annotated[date | None, Query(description="Last day, YYYY-MM-DD (default: today, UTC)")] = None,
 ) -> Response[Usage]:
     default_from, default_to = default_usage_range(datetime.now(UTC).date())
@@ -133,7 +135,11 @@ def openapi_document() -> Response[Any]:
 
 @app.exception_handler(RequestValidationError)
 def handle_validation_error(exc: RequestValidationError) -> Response[Any]:
-    status, body = validation_error(exc.errors())
+    errors = exc.errors()
+    if any(e.get("loc", ("",))[0] == "response" for e in errors):
+        logger.error("response failed its own schema", errors=errors)
+        return _json(500, error_body("INTERNAL_ERROR", "Internal error; the request id is in the logs"))
+    status, body = validation_error(errors)
     return _json(status, body)
 
 

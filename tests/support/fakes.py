@@ -24,7 +24,7 @@ class InMemoryTaskStore:
         task = self.tasks.get(task_id)
         return copy.deepcopy(task) if task else None
 
-    def list(self, tenant: str, status: TaskStatus | None, limit: int, next_token: str | None):
+    def list_tasks(self, tenant: str, status: TaskStatus | None, limit: int, next_token: str | None):
         items = sorted(
             (t for t in self.tasks.values() if t.tenant == tenant and (status is None or t.status == status)),
             key=lambda t: t.task_id,

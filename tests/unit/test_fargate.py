@@ -71,8 +71,13 @@ def test_billed_seconds_is_the_ceiling_of_the_elapsed_time_but_at_least_60(micro
 
 def test_on_demand_x86_cost_uses_the_us_east_1_rates():
     c = charge(
-        billed=3600, cpu_units=1024, memory_mib=2048, ephemeral_storage_gib=20,
-        architecture="X86_64", spot=False, prices=region_prices("us-east-1"),
+        billed=3600,
+        cpu_units=1024,
+        memory_mib=2048,
+        ephemeral_storage_gib=20,
+        architecture="X86_64",
+        spot=False,
+        prices=region_prices("us-east-1"),
     )
     assert c.vcpu == 1 and c.memory_gib == 2
     assert c.vcpu_seconds == 3600 and c.gib_seconds == 7200
@@ -83,8 +88,13 @@ def test_on_demand_x86_cost_uses_the_us_east_1_rates():
 def test_arm_spot_and_extra_storage_costs():
     prices = region_prices("us-east-1")
     c = charge(
-        billed=3600, cpu_units=256, memory_mib=512, ephemeral_storage_gib=30,
-        architecture="ARM64", spot=True, prices=prices,
+        billed=3600,
+        cpu_units=256,
+        memory_mib=512,
+        ephemeral_storage_gib=30,
+        architecture="ARM64",
+        spot=True,
+        prices=prices,
     )
     on_demand = Decimal("0.25") * Decimal("0.03238") + Decimal("0.5") * Decimal("0.00356") + 10 * Decimal("0.000111")
     assert c.ephemeral_storage_gib_seconds == 36_000

@@ -21,7 +21,11 @@ def errors_of(**fields):
 def test_defaults_follow_the_contract():
     spec = TaskSpec(image="python:3.12-slim")
     assert (spec.cpu, spec.memory, spec.architecture, spec.ephemeral_storage_gib, spec.timeout_seconds) == (
-        256, 512, "X86_64", 20, 3600,
+        256,
+        512,
+        "X86_64",
+        20,
+        3600,
     )
     assert spec.capacity == "ON_DEMAND"
 
@@ -47,8 +51,13 @@ def test_every_size_in_the_table_is_accepted(size):
 
 @pytest.mark.parametrize(
     "image",
-    ["busybox", "python:3.12-slim", "public.ecr.aws/docker/library/python:3.12",
-     "123456789012.dkr.ecr.us-east-1.amazonaws.com/team/app@sha256:" + "a" * 64, "localhost:5000/x/y:1"],
+    [
+        "busybox",
+        "python:3.12-slim",
+        "public.ecr.aws/docker/library/python:3.12",
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/team/app@sha256:" + "a" * 64,
+        "localhost:5000/x/y:1",
+    ],
 )
 def test_image_references_are_accepted(image):
     assert TaskSpec(image=image).image == image
@@ -62,9 +71,13 @@ def test_bad_image_references_are_rejected(image):
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("ephemeral_storage_gib", 19), ("ephemeral_storage_gib", 201),
-        ("timeout_seconds", 0), ("timeout_seconds", 1_209_601),
-        ("name", "n" * 129), ("architecture", "MIPS"), ("capacity", "RESERVED"),
+        ("ephemeral_storage_gib", 19),
+        ("ephemeral_storage_gib", 201),
+        ("timeout_seconds", 0),
+        ("timeout_seconds", 1_209_601),
+        ("name", "n" * 129),
+        ("architecture", "MIPS"),
+        ("capacity", "RESERVED"),
         ("tags", {f"k{i}": "v" for i in range(21)}),
         ("command", "echo hi"),
     ],
@@ -99,8 +112,14 @@ def test_overrides_limit_boundary_is_exact(length):
 
 
 def test_overrides_carry_command_environment_cpu_memory_and_storage():
-    spec = TaskSpec(image="b", command=["sh", "-c", "echo hi"], environment={"A": "1"}, cpu=512, memory=2048,
-                    ephemeral_storage_gib=50)
+    spec = TaskSpec(
+        image="b",
+        command=["sh", "-c", "echo hi"],
+        environment={"A": "1"},
+        cpu=512,
+        memory=2048,
+        ephemeral_storage_gib=50,
+    )
     overrides = run_task_overrides(spec)
     assert overrides["Cpu"] == "512" and overrides["Memory"] == "2048"
     assert overrides["EphemeralStorage"] == {"SizeInGiB": 50}

@@ -13,9 +13,13 @@ ARN = "arn:aws:ecs:us-east-1:123456789012:task/taskrunner/0123456789abcdef012345
 def test_sync_output_in_pascal_case_with_epoch_milliseconds():
     obs = TaskObservation.from_description(
         {
-            "TaskArn": ARN, "LastStatus": "STOPPED", "StopCode": "EssentialContainerExited",
-            "StoppedReason": "Essential container in task exited", "CapacityProviderName": "FARGATE",
-            "PullStartedAt": 1795818201000, "StoppedAt": 1795818201500,
+            "TaskArn": ARN,
+            "LastStatus": "STOPPED",
+            "StopCode": "EssentialContainerExited",
+            "StoppedReason": "Essential container in task exited",
+            "CapacityProviderName": "FARGATE",
+            "PullStartedAt": 1795818201000,
+            "StoppedAt": 1795818201500,
             "Containers": [{"Name": "sidecar", "ExitCode": 3}, {"Name": "main", "ExitCode": 0}],
         },
         "main",
@@ -27,16 +31,27 @@ def test_sync_output_in_pascal_case_with_epoch_milliseconds():
 
 def test_event_detail_in_camel_case_with_iso_timestamps():
     obs = TaskObservation.from_description(
-        {"taskArn": ARN, "lastStatus": "RUNNING", "startedBy": "01ABC", "startedAt": "2026-11-27T22:23:21.250Z",
-         "containers": [{"name": "main"}]}
+        {
+            "taskArn": ARN,
+            "lastStatus": "RUNNING",
+            "startedBy": "01ABC",
+            "startedAt": "2026-11-27T22:23:21.250Z",
+            "containers": [{"name": "main"}],
+        }
     )
     assert obs.started_by == "01ABC" and obs.last_status == "RUNNING" and obs.exit_code is None
     assert obs.started_at == datetime(2026, 11, 27, 22, 23, 21, 250000, tzinfo=UTC)
 
 
 def test_task_failed_cause_is_parsed_and_other_causes_are_not():
-    cause = json.dumps({"TaskArn": ARN, "LastStatus": "STOPPED", "StopCode": "TaskFailedToStart",
-                        "Containers": [{"Name": "main", "Reason": "CannotStartContainerError"}]})
+    cause = json.dumps(
+        {
+            "TaskArn": ARN,
+            "LastStatus": "STOPPED",
+            "StopCode": "TaskFailedToStart",
+            "Containers": [{"Name": "main", "Reason": "CannotStartContainerError"}],
+        }
+    )
     obs = TaskObservation.from_error_cause(cause, "main")
     assert obs is not None and obs.stop_code == "TaskFailedToStart" and obs.container_reason
     assert TaskObservation.from_error_cause("RunTask failed: capacity", "main") is None

@@ -28,19 +28,30 @@ class Clock:
 @pytest.fixture
 def world():
     store, orchestrator, compute, logs, clock = (
-        InMemoryTaskStore(), RecordingOrchestrator(), FakeCompute(), FakeLogs(), Clock(),
+        InMemoryTaskStore(),
+        RecordingOrchestrator(),
+        FakeCompute(),
+        FakeLogs(),
+        Clock(),
     )
-    service = TaskService(store=store, orchestrator=orchestrator, compute=compute, logs=logs,
-                          settings=Settings(), clock=clock)
+    service = TaskService(
+        store=store, orchestrator=orchestrator, compute=compute, logs=logs, settings=Settings(), clock=clock
+    )
     return service, store, orchestrator, compute, logs, clock
 
 
-def stopped(task_id, *, exit_code=0, stop_code="EssentialContainerExited", seconds=0.5, pulled=True, arn=ARN,
-            **extra):
+def stopped(task_id, *, exit_code=0, stop_code="EssentialContainerExited", seconds=0.5, pulled=True, arn=ARN, **extra):
     return TaskObservation(
-        ecs_task_arn=arn, last_status="STOPPED", started_by=task_id, stop_code=stop_code, exit_code=exit_code,
-        pull_started_at=T0 if pulled else None, started_at=T0 + timedelta(seconds=0.1),
-        stopped_at=T0 + timedelta(seconds=seconds), stopped_reason="Essential container in task exited", **extra,
+        ecs_task_arn=arn,
+        last_status="STOPPED",
+        started_by=task_id,
+        stop_code=stop_code,
+        exit_code=exit_code,
+        pull_started_at=T0 if pulled else None,
+        started_at=T0 + timedelta(seconds=0.1),
+        stopped_at=T0 + timedelta(seconds=seconds),
+        stopped_reason="Essential container in task exited",
+        **extra,
     )
 
 
@@ -75,8 +86,11 @@ def test_task_definition_family_depends_on_image_architecture_and_storage_only()
     base = TaskSpec(image="busybox")
     same = TaskSpec(image="busybox", cpu=1024, memory=2048, command=["x"])
     assert task_definition_family("p", base) == task_definition_family("p", same)
-    for other in (TaskSpec(image="alpine"), TaskSpec(image="busybox", architecture="ARM64"),
-                  TaskSpec(image="busybox", ephemeral_storage_gib=21)):
+    for other in (
+        TaskSpec(image="alpine"),
+        TaskSpec(image="busybox", architecture="ARM64"),
+        TaskSpec(image="busybox", ephemeral_storage_gib=21),
+    ):
         assert task_definition_family("p", other) != task_definition_family("p", base)
 
 
@@ -105,8 +119,11 @@ def test_finalizing_twice_from_both_paths_leaves_one_metering_record(world):
     ("observation", "status", "reason"),
     [
         (dict(exit_code=3), TaskStatus.FAILED, "Essential container in task exited"),
-        (dict(exit_code=137, container_reason="OutOfMemoryError: Container killed due to memory usage"),
-         TaskStatus.FAILED, "OutOfMemoryError: Container killed due to memory usage"),
+        (
+            dict(exit_code=137, container_reason="OutOfMemoryError: Container killed due to memory usage"),
+            TaskStatus.FAILED,
+            "OutOfMemoryError: Container killed due to memory usage",
+        ),
         (dict(exit_code=None, stop_code="TaskFailedToStart", pulled=False), TaskStatus.FAILED, None),
         (dict(exit_code=143, stop_code="UserInitiated"), TaskStatus.CANCELLED, None),
         (dict(exit_code=0, stop_code="SpotInterruption"), TaskStatus.FAILED, None),
@@ -124,8 +141,11 @@ def test_final_status_follows_exit_code_and_stop_code(world, observation, status
 def test_a_task_that_never_pulled_its_image_is_billed_zero(world):
     service, *_ = world
     task = service.submit("default", TaskSpec(image="busybox"))
-    done = service.finalize(task.task_id, Outcome.TASK_FAILED,
-                            stopped(task.task_id, exit_code=None, stop_code="TaskFailedToStart", pulled=False))
+    done = service.finalize(
+        task.task_id,
+        Outcome.TASK_FAILED,
+        stopped(task.task_id, exit_code=None, stop_code="TaskFailedToStart", pulled=False),
+    )
     assert done.metering.billed_seconds == 0 and done.metering.cost_usd == 0
     assert done.metering.window_start is None
 
@@ -134,7 +154,8 @@ def test_cancel_of_a_running_task_stops_execution_and_ecs_task_then_the_event_me
     service, store, orchestrator, compute, _, _ = world
     task = service.submit("default", TaskSpec(image="busybox"))
     service.on_ecs_task_state_change(
-        TaskObservation(ecs_task_arn=ARN, last_status="RUNNING", started_by=task.task_id, started_at=T0))
+        TaskObservation(ecs_task_arn=ARN, last_status="RUNNING", started_by=task.task_id, started_at=T0)
+    )
     cancelled = service.cancel("default", task.task_id)
     assert cancelled.status is TaskStatus.CANCELLED and cancelled.metering is None
     assert orchestrator.stopped == [task.execution_arn]
@@ -173,7 +194,8 @@ def test_an_ecs_task_that_starts_after_cancel_is_stopped(world):
     task = service.submit("default", TaskSpec(image="busybox"))
     service.cancel("default", task.task_id)
     late = service.on_ecs_task_state_change(
-        TaskObservation(ecs_task_arn=ARN, last_status="RUNNING", started_by=task.task_id))
+        TaskObservation(ecs_task_arn=ARN, last_status="RUNNING", started_by=task.task_id)
+    )
     assert late.status is TaskStatus.CANCELLED
     assert compute.stopped == [(ARN, "Cancelled by user")]
 
@@ -212,26 +234,25 @@ def test_reads_are_scoped_to_the_tenant(world):
     task = service.submit("alpha", TaskSpec(image="busybox"))
     with pytest.raises(TaskNotFound):
         service.get("beta", task.task_id)
-    assert service.list("beta", None, 10, None).items == []
+    assert service.list_tasks("beta", None, 10, None).items == []
 
 
 def test_listing_is_newest_first_with_a_status_filter_and_paging(world):
     service, *_ = world
     ids = [service.submit("default", TaskSpec(image="busybox")).task_id for _ in range(5)]
     service.cancel("default", ids[1])
-    page = service.list("default", None, 3, None)
+    page = service.list_tasks("default", None, 3, None)
     assert [t.task_id for t in page.items] == ids[::-1][:3]
-    rest = service.list("default", None, 3, page.next_token)
+    rest = service.list_tasks("default", None, 3, page.next_token)
     assert [t.task_id for t in rest.items] == ids[::-1][3:] and rest.next_token is None
-    assert [t.task_id for t in service.list("default", TaskStatus.CANCELLED, 10, None).items] == [ids[1]]
+    assert [t.task_id for t in service.list_tasks("default", TaskStatus.CANCELLED, 10, None).items] == [ids[1]]
 
 
 def test_logs_come_from_the_awslogs_stream_of_the_ecs_task(world):
     service, _, _, _, logs, _ = world
     task = service.submit("default", TaskSpec(image="busybox"))
     assert service.logs_of("default", task.task_id, 10, None).events == []
-    service.on_ecs_task_state_change(TaskObservation(ecs_task_arn=ARN, last_status="RUNNING",
-                                                     started_by=task.task_id))
+    service.on_ecs_task_state_change(TaskObservation(ecs_task_arn=ARN, last_status="RUNNING", started_by=task.task_id))
     logs.streams["task/main/0123456789abcdef"] = [LogEvent(timestamp=T0, message="hi")]
     page = service.logs_of("default", task.task_id, 10, None)
     assert [e.message for e in page.events] == ["hi"]
@@ -241,8 +262,7 @@ def test_usage_sums_per_day_and_in_total(world):
     service, _, _, _, _, clock = world
     for seconds in (0.5, 120.2):
         task = service.submit("default", TaskSpec(image="busybox"))
-        service.finalize(task.task_id, Outcome.COMPLETED,
-                         stopped(task.task_id, seconds=seconds, arn=f"{ARN}{seconds}"))
+        service.finalize(task.task_id, Outcome.COMPLETED, stopped(task.task_id, seconds=seconds, arn=f"{ARN}{seconds}"))
     usage = service.usage("default", date(2026, 11, 1), date(2026, 11, 30))
     assert usage.totals.tasks == 2 and usage.totals.billed_seconds == 60 + 121
     assert [d.date for d in usage.days] == [date(2026, 11, 27)]

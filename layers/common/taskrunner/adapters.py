@@ -48,7 +48,8 @@ def _serialize(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _deserialize(item: dict[str, Any]) -> dict[str, Any]:
-    return _from_dynamo({k: _deserializer.deserialize(v) for k, v in item.items()})
+    result: dict[str, Any] = _from_dynamo({k: _deserializer.deserialize(v) for k, v in item.items()})
+    return result
 
 
 def task_key(task_id: str) -> dict[str, Any]:
@@ -146,7 +147,7 @@ class DynamoTaskStore:
         item = self.ddb.get_item(TableName=self.table, Key=task_key(task_id), ConsistentRead=True).get("Item")
         return self._task(item) if item else None
 
-    def list(
+    def list_tasks(
         self, tenant: str, status: TaskStatus | None, limit: int, next_token: str | None
     ) -> tuple[list[Task], str | None]:
         if status is None:

@@ -44,7 +44,7 @@ def _field_name(loc: Sequence[Any], ctx: Mapping[str, Any]) -> str | None:
     if parts and parts[0] in _LOCATION_PREFIXES:
         parts = parts[1:]
     # pydantic adds the validator/type name for unions and tagged values; keep the user's field path
-    parts = [p for p in parts if not p.startswith("function-")]
+    parts = [p for p in parts if not p.startswith("function-") and p != "[key]"]
     return ".".join(parts) or ctx.get("field") or (str(loc[0]) if loc else None)
 
 

@@ -40,7 +40,7 @@ def idempotent_submit() -> Callable[..., Task]:
         expires_after_seconds=settings.idempotency_ttl_seconds,
     )
 
-    @idempotent_function(
+    @idempotent_function(  # type: ignore[untyped-decorator]
         data_keyword_argument="request",
         config=config,
         persistence_store=persistence,
@@ -49,7 +49,7 @@ def idempotent_submit() -> Callable[..., Task]:
     def submit(request: SubmitRequest) -> Task:
         return task_service().submit(request.tenant, request.spec)
 
-    return submit
+    return submit  # type: ignore[no-any-return]
 
 
 def submit_once(tenant: str, idempotency_key: str, spec: TaskSpec) -> Task:

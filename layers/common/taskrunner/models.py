@@ -53,9 +53,7 @@ class TaskStatus(StrEnum):
         return not self.terminal and _RANK[new] > _RANK[self]
 
 
-TERMINAL_STATUSES = frozenset(
-    {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED}
-)
+TERMINAL_STATUSES = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED})
 _RANK = {
     TaskStatus.SUBMITTED: 0,
     TaskStatus.PROVISIONING: 1,
@@ -102,9 +100,9 @@ class TaskSpec(BaseModel):
     cpu: Annotated[int, Field(description=f"CPU units, one of {', '.join(map(str, VALID_CPU))}.")] = 256
     memory: Annotated[int, Field(description="Memory in MiB; must fit `cpu` (Fargate's size table).")] = 512
     architecture: Architecture = Architecture.X86_64
-    capacity: Annotated[
-        Capacity, Field(description="`SPOT` runs on Fargate Spot (cheaper, may be interrupted).")
-    ] = Capacity.ON_DEMAND
+    capacity: Annotated[Capacity, Field(description="`SPOT` runs on Fargate Spot (cheaper, may be interrupted).")] = (
+        Capacity.ON_DEMAND
+    )
     ephemeral_storage_gib: Annotated[int, Field(ge=20, le=200)] = 20
     timeout_seconds: Annotated[int, Field(ge=1, le=1_209_600)] = 3600
     name: Annotated[str | None, StringConstraints(max_length=128)] = None

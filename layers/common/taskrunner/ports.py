@@ -14,7 +14,7 @@ class TaskStore(Protocol):
 
     def get(self, task_id: str) -> Task | None: ...
 
-    def list(
+    def list_tasks(
         self, tenant: str, status: TaskStatus | None, limit: int, next_token: str | None
     ) -> tuple[list[Task], str | None]:
         """Newest first. Raises InvalidParameter for a token it did not issue."""
@@ -26,8 +26,9 @@ class TaskStore(Protocol):
     def update(self, task: Task, changes: dict[str, Any]) -> Task:
         """Change fields other than status, provided the status is still `task.status` (else StaleStatus)."""
 
-    def finalize(self, task: Task, new_status: TaskStatus, changes: dict[str, Any], metering_key: str,
-                 metering: Metering) -> Task:
+    def finalize(
+        self, task: Task, new_status: TaskStatus, changes: dict[str, Any], metering_key: str, metering: Metering
+    ) -> Task:
         """Atomically write the task's one metering record (keyed by `metering_key`, never overwritten)
         and its final fields. Raises StaleStatus when the stored task is not `task` any more or already
         carries a metering record."""

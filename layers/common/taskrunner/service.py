@@ -173,8 +173,8 @@ class TaskService:
             raise TaskNotFound(task_id)
         return task
 
-    def list(self, tenant: str, status: TaskStatus | None, limit: int, next_token: str | None) -> TaskPage:
-        items, token = self.store.list(tenant, status, limit, next_token)
+    def list_tasks(self, tenant: str, status: TaskStatus | None, limit: int, next_token: str | None) -> TaskPage:
+        items, token = self.store.list_tasks(tenant, status, limit, next_token)
         return TaskPage(items=items, next_token=token)
 
     def logs_of(self, tenant: str, task_id: str, limit: int, next_token: str | None) -> LogPage:
@@ -204,8 +204,7 @@ class TaskService:
                 acc.gib_seconds += m.gib_seconds
                 acc.ephemeral_storage_gib_seconds += m.ephemeral_storage_gib_seconds
                 acc.cost_usd = round(acc.cost_usd + m.cost_usd, 10)
-        return Usage(tenant=tenant, from_date=start, to_date=end, totals=totals,
-                      days=[days[d] for d in sorted(days)])
+        return Usage(tenant=tenant, from_date=start, to_date=end, totals=totals, days=[days[d] for d in sorted(days)])
 
     # ------------------------------------------------------------------ cancellation and timeout
 
@@ -362,9 +361,7 @@ class TaskService:
             detail = None
             if observation is not None and status is not TaskStatus.SUCCEEDED:
                 detail = observation.container_reason or observation.stopped_reason
-            changes["status_reason"] = reason or detail or (
-                observation.stopped_reason if observation else None
-            )
+            changes["status_reason"] = reason or detail or (observation.stopped_reason if observation else None)
         if changes.get("status_reason") is None:
             changes.pop("status_reason", None)
         return changes

@@ -1,0 +1,119 @@
+"""The functions the state machine and EventBridge invoke, on their sample events, against moto."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from tests.integration.conftest import invoke, load_event, metering_items
+from tests.support.apigw import http_event
+from tests.support.functions import load_function
+from tests.support.sample_events import ECS_TASK_ARN, TASK_ID
+from tests.support.stack import run_ecs_task
+
+api, finalize, stop_task, task_events = (load_function(n) for n in ("api", "finalize", "stop_task", "task_events"))
+
+
+@pytest.fixture
+def task_id(stack):
+    response = invoke(api, http_event("POST", "/tasks", body={"image": "python:3.12-slim", "cpu": 512, "memory": 1024}))
+    assert response["statusCode"] == 202
+    return json.loads(response["body"])["task_id"]
+
+
+def event(relative, task_id):
+    return load_event(relative, **{TASK_ID: task_id})
+
+
+def get_task(task_id):
+    response = invoke(api, http_event("GET", f"/tasks/{task_id}"))
+    return json.loads(response["body"])
+
+
+def test_running_event_records_running_and_the_ecs_task(task_id):
+    result = invoke(task_events, event("ecs/task_state_change_running.json", task_id))
+    assert result == {"handled": True, "task_id": task_id, "status": "RUNNING"}
+    task = get_task(task_id)
+    assert task["status"] == "RUNNING" and task["ecs_task_arn"] == ECS_TASK_ARN
+    assert task["started_at"].startswith("2026-11-27T22:23:37.912")
+
+
+def test_stopped_event_finalizes_a_task_the_state_machine_did_not(task_id, stack, ddb):
+    invoke(task_events, event("ecs/task_state_change_running.json", task_id))
+    result = invoke(task_events, event("ecs/task_state_change_stopped.json", task_id))
+    assert result["status"] == "SUCCEEDED"
+    task = get_task(task_id)
+    assert task["exit_code"] == 0 and task["stop_code"] == "EssentialContainerExited"
+    assert task["stopped_at"].startswith("2026-11-27T22:23:48.905")
+    metering = task["metering"]
+    assert metering["billed_seconds"] == 60 and metering["vcpu"] == 0.5 and metering["memory_gib"] == 1.0
+    assert metering["window_start"].startswith("2026-11-27T22:23:30.105")
+    [record] = metering_items(ddb, stack.tasks_table)
+    assert record["pk"]["S"] == f"METER#{ECS_TASK_ARN}"
+
+
+def test_both_paths_and_repeats_leave_one_metering_record_and_one_final_status(task_id, stack, ddb):
+    outcomes = [
+        invoke(finalize, event("finalize/completed.json", task_id)),
+        invoke(task_events, event("ecs/task_state_change_stopped.json", task_id)),
+        invoke(finalize, event("finalize/completed.json", task_id)),
+        invoke(task_events, event("ecs/task_state_change_stopped.json", task_id)),
+        invoke(finalize, event("finalize/task_failed.json", task_id)),  # a conflicting late report changes nothing
+    ]
+    assert {o["status"] for o in outcomes} == {"SUCCEEDED"}
+    assert len(metering_items(ddb, stack.tasks_table)) == 1
+    assert get_task(task_id)["status"] == "SUCCEEDED"
+
+
+def test_task_failed_cause_gives_failed_with_the_exit_code(task_id):
+    result = invoke(finalize, event("finalize/task_failed.json", task_id))
+    assert result == {"task_id": task_id, "status": "FAILED", "metered": True}
+    task = get_task(task_id)
+    assert task["exit_code"] == 2 and task["metering"]["billed_seconds"] == 60
+
+
+def test_an_orchestration_error_without_ecs_task_fails_the_task_with_its_reason(task_id):
+    invoke(finalize, event("finalize/error.json", task_id))
+    task = get_task(task_id)
+    assert task["status"] == "FAILED" and task["status_reason"].startswith("AmazonECS.Unknown")
+    assert task["metering"]["billed_seconds"] == 0
+
+
+def test_not_started_is_cancelled(task_id):
+    assert invoke(finalize, event("finalize/not_started.json", task_id))["status"] == "CANCELLED"
+
+
+def test_stop_task_marks_timed_out_stops_the_ecs_task_and_the_stopped_event_keeps_it(task_id, stack):
+    ecs_task_arn = run_ecs_task(stack, started_by=task_id)
+    result = invoke(stop_task, event("stop_task/timeout.json", task_id))
+    assert result == {"task_id": task_id, "ecs_task_arn": ecs_task_arn}  # found by startedBy, not yet recorded
+    assert get_task(task_id)["status"] == "TIMED_OUT"
+    [described] = boto3.client("ecs", region_name="us-east-1").describe_tasks(
+        cluster=stack.cluster, tasks=[ecs_task_arn]
+    )["tasks"]
+    assert described["desiredStatus"] == "STOPPED" and described["stoppedReason"] == "Timed out after 3600 s"
+    stopped = event("ecs/task_state_change_stopped.json", task_id)
+    stopped["detail"]["taskArn"] = ecs_task_arn
+    invoke(task_events, stopped)
+    task = get_task(task_id)
+    assert task["status"] == "TIMED_OUT" and task["status_reason"] == "Timed out after 3600 s"
+    assert task["metering"]["billed_seconds"] == 60 and task["ecs_task_arn"] == ecs_task_arn
+
+
+def test_stop_task_without_an_ecs_task_still_times_out(task_id):
+    assert invoke(stop_task, event("stop_task/timeout.json", task_id))["ecs_task_arn"] is None
+    assert get_task(task_id)["status"] == "TIMED_OUT"
+
+
+def test_events_for_tasks_of_others_are_ignored(stack):
+    assert invoke(task_events, load_event("ecs/task_state_change_stopped.json")) == {"handled": False}
+
+
+def test_a_malformed_finalize_input_is_rejected_before_any_write(task_id):
+    from aws_lambda_powertools.utilities.parser import ValidationError
+
+    with pytest.raises(ValidationError):
+        invoke(finalize, {"task_id": task_id, "outcome": "MAYBE"})
+    assert get_task(task_id)["status"] == "SUBMITTED"

@@ -1,0 +1,149 @@
+"""Writes the sample events in events/ (run: python -m tests.support.sample_events).
+
+The API events follow API Gateway's HTTP API payload format 2.0; the ECS events follow what EventBridge
+delivers for "ECS Task State Change"; the function inputs follow what the state machine passes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.support.apigw import http_event
+from tests.support.stack import ROOT
+
+TASK_ID = "01JDQ5ZC8W0000000000000000"
+ECS_TASK_ID = "3b0fd8f3c1a04a4c9b6ad9c1f4b7e2d1"
+ECS_TASK_ARN = f"arn:aws:ecs:us-east-1:123456789012:task/taskrunner/{ECS_TASK_ID}"
+CLUSTER_ARN = "arn:aws:ecs:us-east-1:123456789012:cluster/taskrunner"
+TASK_DEFINITION_ARN = (
+    "arn:aws:ecs:us-east-1:123456789012:task-definition/taskrunner-x86_64-20g-4c9a1e0b7f3d2a6e58c1b0d9:1"
+)
+
+
+def api_events() -> dict[str, dict]:
+    hello = {"image": "python:3.12-slim", "command": ["sh", "-c", "echo hi"], "cpu": 256, "memory": 512}
+    return {
+        "post_task.json": http_event("POST", "/tasks", body=hello),
+        "post_task_idempotent.json": http_event(
+            "POST", "/tasks", body=hello, headers={"Idempotency-Key": "nightly-report-2026-11-27"}
+        ),
+        "post_task_invalid_memory.json": http_event("POST", "/tasks", body={"image": "x", "cpu": 256, "memory": 4096}),
+        "post_task_malformed_json.json": http_event("POST", "/tasks", body='{"image": "x",'),
+        "get_task.json": http_event("GET", f"/tasks/{TASK_ID}"),
+        "list_tasks.json": http_event("GET", "/tasks", query={"status": "RUNNING", "limit": "10"}),
+        "cancel_task.json": http_event("POST", f"/tasks/{TASK_ID}/cancel"),
+        "get_task_logs.json": http_event("GET", f"/tasks/{TASK_ID}/logs", query={"limit": "50"}),
+        "get_usage.json": http_event("GET", "/usage", query={"from": "2026-11-01", "to": "2026-11-30"}),
+        "get_openapi.json": http_event("GET", "/openapi.json"),
+        "get_docs.json": http_event("GET", "/docs"),
+    }
+
+
+def ecs_description(last_status: str, *, exit_code: int | None, stop_code: str | None) -> dict:
+    detail = {
+        "attachments": [],
+        "attributes": [{"name": "ecs.cpu-architecture", "value": "x86_64"}],
+        "availabilityZone": "us-east-1a",
+        "capacityProviderName": "FARGATE",
+        "clusterArn": CLUSTER_ARN,
+        "connectivity": "CONNECTED",
+        "connectivityAt": "2026-11-27T22:23:21.582Z",
+        "containers": [
+            {
+                "containerArn": f"arn:aws:ecs:us-east-1:123456789012:container/taskrunner/{ECS_TASK_ID}/5f2b",
+                "lastStatus": last_status,
+                "name": "main",
+                "image": "python:3.12-slim",
+                "taskArn": ECS_TASK_ARN,
+                "cpu": "256",
+                "memory": "512",
+            }
+        ],
+        "cpu": "256",
+        "createdAt": "2026-11-27T22:23:21.420Z",
+        "desiredStatus": last_status if last_status != "STOPPED" else "STOPPED",
+        "enableExecuteCommand": False,
+        "ephemeralStorage": {"sizeInGiB": 20},
+        "group": f"family:{TASK_DEFINITION_ARN.rsplit('/', maxsplit=1)[-1].split(':', maxsplit=1)[0]}",
+        "launchType": "FARGATE",
+        "lastStatus": last_status,
+        "memory": "512",
+        "overrides": {"containerOverrides": [{"name": "main", "command": ["sh", "-c", "echo hi"]}]},
+        "platformVersion": "1.4.0",
+        "pullStartedAt": "2026-11-27T22:23:30.105Z",
+        "pullStoppedAt": "2026-11-27T22:23:36.871Z",
+        "startedAt": "2026-11-27T22:23:37.912Z",
+        "startedBy": TASK_ID,
+        "taskArn": ECS_TASK_ARN,
+        "taskDefinitionArn": TASK_DEFINITION_ARN,
+        "updatedAt": "2026-11-27T22:23:37.912Z",
+        "version": 3,
+    }
+    if last_status == "STOPPED":
+        detail["containers"][0]["exitCode"] = exit_code
+        detail.update(
+            stopCode=stop_code,
+            stoppedReason="Essential container in task exited",
+            stoppingAt="2026-11-27T22:23:38.512Z",
+            executionStoppedAt="2026-11-27T22:23:38.400Z",
+            stoppedAt="2026-11-27T22:23:48.905Z",
+            updatedAt="2026-11-27T22:23:48.905Z",
+            version=6,
+        )
+    return detail
+
+
+def ecs_event(detail: dict) -> dict:
+    return {
+        "version": "0",
+        "id": "9bcdac79-b31f-4d3d-9410-fbd727c29fab",
+        "detail-type": "ECS Task State Change",
+        "source": "aws.ecs",
+        "account": "123456789012",
+        "time": detail["updatedAt"][:19] + "Z",
+        "region": "us-east-1",
+        "resources": [ECS_TASK_ARN],
+        "detail": detail,
+    }
+
+
+def pascal(value):
+    if isinstance(value, dict):
+        return {k[:1].upper() + k[1:]: pascal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [pascal(v) for v in value]
+    return value
+
+
+def function_events() -> dict[str, dict]:
+    stopped_ok = ecs_description("STOPPED", exit_code=0, stop_code="EssentialContainerExited")
+    stopped_failed = ecs_description("STOPPED", exit_code=2, stop_code="EssentialContainerExited")
+    return {
+        "ecs/task_state_change_running.json": ecs_event(ecs_description("RUNNING", exit_code=None, stop_code=None)),
+        "ecs/task_state_change_stopped.json": ecs_event(stopped_ok),
+        "finalize/completed.json": {"task_id": TASK_ID, "outcome": "COMPLETED", "ecs_task": pascal(stopped_ok)},
+        "finalize/task_failed.json": {
+            "task_id": TASK_ID,
+            "outcome": "TASK_FAILED",
+            "error": {"Error": "States.TaskFailed", "Cause": json.dumps(pascal(stopped_failed))},
+        },
+        "finalize/error.json": {
+            "task_id": TASK_ID,
+            "outcome": "ERROR",
+            "error": {"Error": "AmazonECS.Unknown", "Cause": "RunTask returned failures: RESOURCE:ENI"},
+        },
+        "finalize/not_started.json": {"task_id": TASK_ID, "outcome": "NOT_STARTED"},
+        "stop_task/timeout.json": {"task_id": TASK_ID},
+    }
+
+
+def write_all(root: Path = ROOT / "events") -> None:
+    files = {f"api/{name}": event for name, event in api_events().items()} | function_events()
+    for relative, event in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(event, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    write_all()
