@@ -1,0 +1,63 @@
+# The task runner's everyday commands. `make test` is what CI runs (.ci/run calls it).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SAM_VENV := .tools/sam
+SAM := $(SAM_VENV)/bin/sam
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)
+PY313 := $(PYENV_ROOT)/versions/3.13.0/bin
+SAM_PATH := PATH=$(PY313):$$PATH
+
+.PHONY: help venv sam-cli test test-fast lint typecheck cfn-lint validate build events clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: requirements-dev.txt layers/common/requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed ## create the virtual environment with pinned dependencies
+
+$(SAM_VENV)/.installed: requirements-sam.txt
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install --quiet --upgrade pip
+	$(SAM_VENV)/bin/pip install --quiet -r requirements-sam.txt
+	touch $@
+
+sam-cli: $(SAM_VENV)/.installed ## install SAM CLI in its own tool environment (it pins an older boto3)
+
+test: venv sam-cli ## run lint, type checks and every test (unit, integration, template, packaging)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -p no:cacheprovider
+
+test-fast: venv ## unit and integration tests only
+	$(BIN)/python -m pytest tests/unit tests/integration -q
+
+lint: venv ## ruff lint and format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+typecheck: venv ## mypy (strict, pydantic plugin) on the layer
+	$(BIN)/mypy
+
+cfn-lint: venv ## cfn-lint on template.yaml
+	$(BIN)/cfn-lint template.yaml
+
+validate: sam-cli ## sam validate --lint
+	$(SAM_PATH) $(SAM) validate --lint
+
+build: sam-cli ## sam build (pass ARCH=x86_64 to build for this host)
+	$(SAM_PATH) $(SAM) build $(if $(ARCH),--parameter-overrides Architecture=$(ARCH))
+
+events: venv ## regenerate the sample events in events/
+	$(BIN)/python -m tests.support.sample_events
+
+clean:
+	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache

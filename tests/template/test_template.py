@@ -1,0 +1,301 @@
+"""template.yaml: lint, SAM transform, the contract other parts rely on, and least privilege.
+
+Offline: cfn-lint and aws-sam-translator run locally; the managed-policy loader is a stub, so IAM is never called.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
+ASL = ROOT / "statemachines" / "run_task.asl.json"
+SAM = ROOT / ".tools" / "sam" / "bin" / "sam"
+
+# The ASL is written against exactly these substitutions.
+DEFINITION_SUBSTITUTIONS = {
+    "ClusterArn",
+    "SubnetIds",
+    "SecurityGroupIds",
+    "AssignPublicIp",
+    "TasksTableName",
+    "FinalizeFunctionArn",
+    "StopTaskFunctionArn",
+    "TaskExecutionRoleArn",
+    "TaskRoleArn",
+    "TaskLogGroup",
+    "LogStreamPrefix",
+    "Region",
+}
+
+HTTP_ROUTES = {
+    ("POST", "/tasks"),
+    ("GET", "/tasks"),
+    ("GET", "/tasks/{task_id}"),
+    ("POST", "/tasks/{task_id}/cancel"),
+    ("GET", "/tasks/{task_id}/logs"),
+    ("GET", "/usage"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+}
+
+FUNCTIONS = {
+    "ApiFunction": "functions/api/",
+    "FinalizeFunction": "functions/finalize/",
+    "StopTaskFunction": "functions/stop_task/",
+    "TaskEventsFunction": "functions/task_events/",
+}
+
+# Only the managed policies the template (or SAM on its behalf) may name; anything else fails the transform.
+MANAGED_POLICIES = {
+    name: f"arn:aws:iam::aws:policy/{path}{name}"
+    for path, name in [
+        ("", "AWSXrayWriteOnlyAccess"),
+        ("service-role/", "AWSLambdaBasicExecutionRole"),
+        ("service-role/", "AmazonECSTaskExecutionRolePolicy"),
+    ]
+}
+
+
+class StubManagedPolicyLoader:
+    """Stands in for samtranslator's ManagedPolicyLoader, which lists policies through IAM."""
+
+    def load(self) -> dict[str, str]:
+        return dict(MANAGED_POLICIES)
+
+
+def _sam_template() -> dict[str, Any]:
+    from samtranslator.yaml_helper import yaml_parse
+
+    return yaml_parse(TEMPLATE.read_text())  # type: ignore[no-any-return]
+
+
+def _as_packaged(template: dict[str, Any]) -> dict[str, Any]:
+    """Replace local artifact paths with S3 URIs, as `sam package` does before the transform runs in the cloud."""
+    packaged = copy.deepcopy(template)
+    keys = {"CodeUri", "ContentUri", "DefinitionUri"}
+    for logical_id, resource in packaged["Resources"].items():
+        props = resource.get("Properties", {})
+        for key in keys & props.keys():
+            if isinstance(props[key], str) and not props[key].startswith("s3://"):
+                props[key] = f"s3://artifacts-bucket/{logical_id}/{key.lower()}"
+    return packaged
+
+
+@pytest.fixture(scope="module")
+def transformed() -> dict[str, Any]:
+    from samtranslator.translator.transform import transform
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        result = transform(_as_packaged(_sam_template()), {}, StubManagedPolicyLoader())  # type: ignore[arg-type]
+    return result
+
+
+def _of_type(template: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == resource_type}
+
+
+def _statements(node: Any, where: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every policy statement anywhere in the template (identity and resource policies), with its location."""
+    if isinstance(node, dict):
+        statements = node.get("Statement")
+        if isinstance(statements, list):
+            for i, statement in enumerate(statements):
+                if isinstance(statement, dict):
+                    yield f"{where}/Statement[{i}]", statement
+        elif isinstance(statements, dict):
+            yield f"{where}/Statement", statements
+        for key, value in node.items():
+            yield from _statements(value, f"{where}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _statements(value, f"{where}[{i}]")
+
+
+def _actions(statement: dict[str, Any]) -> list[Any]:
+    actions = statement.get("Action", [])
+    return [actions] if isinstance(actions, str) else list(actions)
+
+
+# ------------------------------------------------------------------------------------------------ lint
+
+
+def test_cfn_lint_passes() -> None:
+    # cfn-lint has no `python -m cfnlint`; run its console entry point with this interpreter.
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from cfnlint.runner import main; sys.exit(main())", str(TEMPLATE)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, f"cfn-lint exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+
+
+def test_sam_validate_lint_passes() -> None:
+    if not SAM.exists():
+        pytest.skip(f"SAM CLI not installed at {SAM.relative_to(ROOT)} (run `make` to install it)")
+    env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": "us-east-1"}
+    result = subprocess.run(
+        [str(SAM), "validate", "--lint", "--template-file", str(TEMPLATE)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, f"sam validate --lint exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    assert "is a valid SAM Template" in result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------------------------------------ transform
+
+
+def test_template_transforms_into_the_expected_resources(transformed: dict[str, Any]) -> None:
+    resources = transformed["Resources"]
+    expected = {
+        "CommonLayer": "AWS::Lambda::LayerVersion",
+        "TasksTable": "AWS::DynamoDB::Table",
+        "IdempotencyTable": "AWS::DynamoDB::Table",
+        "Cluster": "AWS::ECS::Cluster",
+        "ClusterCapacityProviders": "AWS::ECS::ClusterCapacityProviderAssociations",
+        "TaskExecutionRole": "AWS::IAM::Role",
+        "TaskRole": "AWS::IAM::Role",
+        "TaskLogGroup": "AWS::Logs::LogGroup",
+        "ArchiveBucket": "AWS::S3::Bucket",
+        "ArchiveBucketPolicy": "AWS::S3::BucketPolicy",
+        "LogArchiveDeliveryStream": "AWS::KinesisFirehose::DeliveryStream",
+        "FirehoseDeliveryRole": "AWS::IAM::Role",
+        "LogsToFirehoseRole": "AWS::IAM::Role",
+        "TaskLogSubscription": "AWS::Logs::SubscriptionFilter",
+        "RunTaskStateMachine": "AWS::StepFunctions::StateMachine",
+        "StateMachineLogGroup": "AWS::Logs::LogGroup",
+        "HttpApi": "AWS::ApiGatewayV2::Api",
+        "ApiAccessLogGroup": "AWS::Logs::LogGroup",
+        "TaskEventsDeadLetterQueue": "AWS::SQS::Queue",
+        **dict.fromkeys(FUNCTIONS, "AWS::Lambda::Function"),
+    }
+    # SAM renames a layer's logical id with a content hash: CommonLayer -> CommonLayer<hash>.
+    layer_ids = [k for k, v in resources.items() if v["Type"] == "AWS::Lambda::LayerVersion"]
+    assert len(layer_ids) == 1 and layer_ids[0].startswith("CommonLayer")
+    actual = {("CommonLayer" if k == layer_ids[0] else k): v["Type"] for k, v in resources.items()}
+    missing = {k: t for k, t in expected.items() if actual.get(k) != t}
+    assert not missing, f"missing or mistyped resources: {missing}"
+
+
+def test_state_machine_has_exactly_the_substitutions_the_asl_uses(transformed: dict[str, Any]) -> None:
+    state_machine = transformed["Resources"]["RunTaskStateMachine"]["Properties"]
+    assert set(state_machine["DefinitionSubstitutions"]) == DEFINITION_SUBSTITUTIONS
+    assert state_machine["StateMachineType"] == "STANDARD"
+    assert state_machine["TracingConfiguration"] == {"Enabled": True}
+    assert state_machine["LoggingConfiguration"]["Level"] == "ERROR"
+    assert state_machine["LoggingConfiguration"]["IncludeExecutionData"] is False
+
+
+def test_every_placeholder_in_the_asl_has_a_substitution() -> None:
+    if not ASL.exists():
+        pytest.skip(f"{ASL.relative_to(ROOT)} not written yet")
+    placeholders = set(re.findall(r"\$\{([A-Za-z0-9_]+)\}", ASL.read_text()))
+    assert placeholders <= DEFINITION_SUBSTITUTIONS, f"unknown placeholders: {placeholders - DEFINITION_SUBSTITUTIONS}"
+    json.loads(ASL.read_text())
+
+
+def test_http_api_has_every_route_behind_iam_auth(transformed: dict[str, Any]) -> None:
+    body = transformed["Resources"]["HttpApi"]["Properties"]["Body"]
+    routes = {(method.upper(), path) for path, item in body["paths"].items() for method in item}
+    assert routes == HTTP_ROUTES
+    for path, item in body["paths"].items():
+        for method, operation in item.items():
+            assert operation.get("security") == [{"AWS_IAM": []}], f"{method.upper()} {path} is not IAM-authorized"
+            assert operation["x-amazon-apigateway-integration"]["payloadFormatVersion"] == "2.0"
+    stage = next(iter(_of_type(transformed, "AWS::ApiGatewayV2::Stage").values()))["Properties"]
+    assert "AccessLogSettings" in stage
+    assert {"ThrottlingBurstLimit", "ThrottlingRateLimit"} <= stage["DefaultRouteSettings"].keys()
+
+
+def test_task_events_rule_matches_running_and_stopped_tasks_of_this_cluster(transformed: dict[str, Any]) -> None:
+    rules = _of_type(transformed, "AWS::Events::Rule")
+    rule = rules["TaskEventsFunctionTaskStateChange"]["Properties"]
+    assert rule["EventPattern"] == {
+        "source": ["aws.ecs"],
+        "detail-type": ["ECS Task State Change"],
+        "detail": {"clusterArn": [{"Fn::GetAtt": ["Cluster", "Arn"]}], "lastStatus": ["RUNNING", "STOPPED"]},
+    }
+    (target,) = rule["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["TaskEventsFunction", "Arn"]}
+    assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["TaskEventsDeadLetterQueue", "Arn"]}}
+    assert "MaximumRetryAttempts" in target["RetryPolicy"]
+
+
+def test_only_the_api_function_knows_the_state_machine(transformed: dict[str, Any]) -> None:
+    functions = _of_type(transformed, "AWS::Lambda::Function")
+    assert set(functions) == set(FUNCTIONS)
+    for name, function in functions.items():
+        props = function["Properties"]
+        variables = props["Environment"]["Variables"]
+        assert ("STATE_MACHINE_ARN" in variables) == (name == "ApiFunction"), name
+        assert {"TASKS_TABLE_NAME", "IDEMPOTENCY_TABLE_NAME", "ECS_CLUSTER", "TASK_LOG_GROUP"} <= variables.keys()
+        assert props["Runtime"] == "python3.13"
+        assert props["Handler"] == "app.lambda_handler"
+        assert props["Architectures"] == [{"Ref": "Architecture"}]
+        assert props["TracingConfig"] == {"Mode": "Active"}
+        assert len(props["Layers"]) == 1
+
+
+def test_function_code_lives_where_the_layout_says() -> None:
+    resources = _sam_template()["Resources"]
+    for name, code_uri in FUNCTIONS.items():
+        assert resources[name]["Properties"]["CodeUri"] == code_uri
+    assert resources["CommonLayer"]["Properties"]["ContentUri"] == "layers/common/"
+    assert resources["CommonLayer"]["Metadata"]["BuildMethod"] == "python3.13"
+
+
+# ------------------------------------------------------------------------------------------------ least privilege
+
+WILDCARD_ACTION = re.compile(r"^(\*|[A-Za-z0-9-]+:\*)$")
+
+
+def test_no_allow_statement_grants_wildcard_actions(transformed: dict[str, Any]) -> None:
+    """Deny statements may use wildcards (the bucket's deny-non-TLS uses s3:*); Allow statements may not."""
+    offenders = []
+    for where, statement in _statements(transformed["Resources"]):
+        if statement.get("Effect") != "Allow":
+            continue
+        if "NotAction" in statement:
+            offenders.append((where, "NotAction"))
+        for action in _actions(statement):
+            if isinstance(action, str) and WILDCARD_ACTION.match(action):
+                offenders.append((where, action))
+    assert not offenders, f"wildcard actions: {offenders}"
+
+
+def test_the_policy_walk_sees_every_role(transformed: dict[str, Any]) -> None:
+    """Guards the test above: it must see the inline policies of the roles SAM generates."""
+    locations = [where for where, _ in _statements(transformed["Resources"])]
+    for role in ["RunTaskStateMachineRole", "ApiFunctionRole", "LogsToFirehoseRole", "FirehoseDeliveryRole"]:
+        assert any(w.startswith(f"/{role}/Properties/Policies") for w in locations), role
+
+
+def test_pass_role_is_limited_to_ecs_tasks(transformed: dict[str, Any]) -> None:
+    pass_role = [
+        s
+        for _, s in _statements(transformed["Resources"])
+        if s.get("Effect") == "Allow" and "iam:PassRole" in _actions(s)
+    ]
+    assert pass_role
+    for statement in pass_role:
+        assert statement["Resource"] != "*"
+        assert statement["Condition"] == {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}
