@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from taskrunner.errors import TaskRunnerError
 from taskrunner.http_errors import domain_error, error_body, validation_error
-from taskrunner.idempotency import submit_once
+from taskrunner.idempotency import register_lambda_context, submit_once
 from taskrunner.models import DEFAULT_TENANT, LogPage, Task, TaskPage, TaskSpec, TaskStatus, Usage
 from taskrunner.observability import logger, metrics, tracer
 from taskrunner.service import default_usage_range
@@ -191,4 +191,5 @@ def _accept_json_without_content_type(event: dict[str, Any]) -> dict[str, Any]:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    register_lambda_context(context)
     return app.resolve(_accept_json_without_content_type(event), context)

@@ -43,6 +43,7 @@ def _reset_caches() -> None:
 
     wiring.reset()
     idempotency.idempotent_submit.cache_clear()
+    idempotency.idempotency_config.cache_clear()
 
 
 def load_event(relative: str, **replacements: str) -> dict[str, Any]:

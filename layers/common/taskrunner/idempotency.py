@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cache
+from typing import Any
 
 from aws_lambda_powertools.utilities.idempotency import (
     DynamoDBPersistenceLayer,
@@ -30,15 +31,25 @@ class SubmitRequest(BaseModel):
 
 
 @cache
-def idempotent_submit() -> Callable[..., Task]:
-    settings = get_settings()
-    persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table, boto3_client=client("dynamodb"))
-    config = IdempotencyConfig(
+def idempotency_config() -> IdempotencyConfig:
+    return IdempotencyConfig(
         event_key_jmespath="[tenant, idempotency_key]",
         payload_validation_jmespath="spec",
         raise_on_no_idempotency_key=True,
-        expires_after_seconds=settings.idempotency_ttl_seconds,
+        expires_after_seconds=get_settings().idempotency_ttl_seconds,
     )
+
+
+def register_lambda_context(context: Any) -> None:
+    """Lets an in-progress record expire with the invocation, so a crashed attempt can be retried."""
+    idempotency_config().register_lambda_context(context)
+
+
+@cache
+def idempotent_submit() -> Callable[..., Task]:
+    settings = get_settings()
+    persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table, boto3_client=client("dynamodb"))
+    config = idempotency_config()
 
     @idempotent_function(  # type: ignore[untyped-decorator]
         data_keyword_argument="request",
