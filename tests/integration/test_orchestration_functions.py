@@ -102,6 +102,16 @@ def test_stop_task_marks_timed_out_stops_the_ecs_task_and_the_stopped_event_keep
     assert task["metering"]["billed_seconds"] == 60 and task["ecs_task_arn"] == ecs_task_arn
 
 
+def test_stop_task_finds_an_ecs_task_by_its_group_when_step_functions_set_started_by(task_id, stack):
+    from taskrunner.models import TaskSpec
+    from taskrunner.service import task_definition_family
+
+    family = task_definition_family("taskrunner", TaskSpec(image="python:3.12-slim"))
+    run_ecs_task(stack, started_by="AWS Step Functions", family="other-family", group="taskrunner:someone-else")
+    ecs_task_arn = run_ecs_task(stack, started_by="AWS Step Functions", family=family, group=f"taskrunner:{task_id}")
+    assert invoke(stop_task, event("stop_task/timeout.json", task_id))["ecs_task_arn"] == ecs_task_arn
+
+
 def test_stop_task_without_an_ecs_task_still_times_out(task_id):
     assert invoke(stop_task, event("stop_task/timeout.json", task_id))["ecs_task_arn"] is None
     assert get_task(task_id)["status"] == "TIMED_OUT"

@@ -88,8 +88,9 @@ class FakeCompute:
         self.tasks_by_started_by: dict[str, str] = {}
         self.stopped: list[tuple[str, str]] = []
 
-    def find_task(self, started_by: str) -> str | None:
-        return self.tasks_by_started_by.get(started_by)
+    def find_task(self, task_id: str, group: str, family: str) -> str | None:
+        assert group == f"taskrunner:{task_id}" and family.startswith("taskrunner-")
+        return self.tasks_by_started_by.get(task_id)
 
     def stop_task(self, ecs_task_arn: str, reason: str) -> None:
         self.stopped.append((ecs_task_arn, reason))

@@ -64,7 +64,7 @@ def ecs_description(last_status: str, *, exit_code: int | None, stop_code: str |
         "desiredStatus": last_status if last_status != "STOPPED" else "STOPPED",
         "enableExecuteCommand": False,
         "ephemeralStorage": {"sizeInGiB": 20},
-        "group": f"family:{TASK_DEFINITION_ARN.rsplit('/', maxsplit=1)[-1].split(':', maxsplit=1)[0]}",
+        "group": f"taskrunner:{TASK_ID}",
         "launchType": "FARGATE",
         "lastStatus": last_status,
         "memory": "512",

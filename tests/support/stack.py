@@ -98,7 +98,7 @@ class Stack:
         return self
 
 
-def run_ecs_task(stack: Stack, started_by: str) -> str:
+def run_ecs_task(stack: Stack, started_by: str, *, family: str = "moto-ec2", group: str | None = None) -> str:
     """Start a real ECS task in moto's cluster and return its ARN.
 
     Uses the EC2 launch type: moto's Fargate RunTask needs the local stack's patches (DESIGN §3)."""
@@ -109,9 +109,10 @@ def run_ecs_task(stack: Stack, started_by: str) -> str:
         instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]
         document = json.dumps({"instanceId": instance["InstanceId"], "region": REGION, "accountId": ACCOUNT})
         ecs.register_container_instance(cluster=stack.cluster, instanceIdentityDocument=document)
-        ecs.register_task_definition(
-            family="moto-ec2",
-            containerDefinitions=[{"name": "main", "image": "busybox", "memory": 128, "essential": True}],
-        )
-    [task] = ecs.run_task(cluster=stack.cluster, taskDefinition="moto-ec2", startedBy=started_by, count=1)["tasks"]
+    ecs.register_task_definition(
+        family=family,
+        containerDefinitions=[{"name": "main", "image": "busybox", "memory": 128, "essential": True}],
+    )
+    extra = {"group": group} if group else {}
+    [task] = ecs.run_task(cluster=stack.cluster, taskDefinition=family, startedBy=started_by, count=1, **extra)["tasks"]
     return str(task["taskArn"])

@@ -64,3 +64,12 @@ def test_timestamps_in_seconds_naive_and_offset_forms():
     assert parse_timestamp("2026-11-27T22:23:21") == datetime(2026, 11, 27, 22, 23, 21, tzinfo=UTC)
     assert parse_timestamp("2026-11-27T23:23:21+01:00") == datetime(2026, 11, 27, 22, 23, 21, tzinfo=UTC)
     assert parse_timestamp(None) is None and parse_timestamp("") is None
+
+
+def test_the_task_id_comes_from_our_ecs_group_before_started_by():
+    ours = TaskObservation.from_description(
+        {"taskArn": ARN, "group": "taskrunner:01ABC", "startedBy": "AWS Step Functions"}
+    )
+    assert ours.task_id("taskrunner:") == "01ABC"
+    by_started_by = TaskObservation.from_description({"taskArn": ARN, "group": "family:x", "startedBy": "01ABC"})
+    assert by_started_by.task_id("taskrunner:") == "01ABC"

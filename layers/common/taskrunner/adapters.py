@@ -295,11 +295,23 @@ class EcsCompute:
         self.cluster = cluster
         self.ecs = client
 
-    def find_task(self, started_by: str) -> str | None:
+    def find_task(self, task_id: str, group: str, family: str) -> str | None:
         for desired in ("RUNNING", "STOPPED"):
-            arns = self.ecs.list_tasks(cluster=self.cluster, startedBy=started_by, desiredStatus=desired)
+            arns = self.ecs.list_tasks(cluster=self.cluster, startedBy=task_id, desiredStatus=desired)
             if arns.get("taskArns"):
                 return str(arns["taskArns"][0])
+        # Step Functions' .sync integration may set startedBy itself: look for the group among the family's tasks.
+        for desired in ("RUNNING", "STOPPED"):
+            pages = self.ecs.get_paginator("list_tasks").paginate(
+                cluster=self.cluster, family=family, desiredStatus=desired
+            )
+            for page in pages:
+                arns = page.get("taskArns") or []
+                for start in range(0, len(arns), 100):
+                    described = self.ecs.describe_tasks(cluster=self.cluster, tasks=arns[start : start + 100])
+                    for ecs_task in described.get("tasks", []):
+                        if ecs_task.get("group") == group:
+                            return str(ecs_task["taskArn"])
         return None
 
     def stop_task(self, ecs_task_arn: str, reason: str) -> None:

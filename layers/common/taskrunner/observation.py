@@ -46,6 +46,7 @@ class TaskObservation:
     ecs_task_arn: str | None
     last_status: str | None = None
     started_by: str | None = None
+    group: str | None = None
     stop_code: str | None = None
     stopped_reason: str | None = None
     exit_code: int | None = None
@@ -58,6 +59,12 @@ class TaskObservation:
     stopping_at: datetime | None = None
     execution_stopped_at: datetime | None = None
     stopped_at: datetime | None = None
+
+    def task_id(self, group_prefix: str) -> str | None:
+        """Our task id: from the ECS task group when it is one of ours, else from `startedBy`."""
+        if self.group and self.group.startswith(group_prefix):
+            return self.group.removeprefix(group_prefix)
+        return self.started_by
 
     @property
     def stopped(self) -> bool:
@@ -76,6 +83,7 @@ class TaskObservation:
             ecs_task_arn=d.get("taskArn"),
             last_status=d.get("lastStatus"),
             started_by=d.get("startedBy"),
+            group=d.get("group"),
             stop_code=d.get("stopCode"),
             stopped_reason=d.get("stoppedReason"),
             exit_code=int(exit_code) if exit_code is not None else None,

@@ -47,8 +47,9 @@ class Orchestrator(Protocol):
 
 
 class Compute(Protocol):
-    def find_task(self, started_by: str) -> str | None:
-        """The ARN of the ECS task started for this task id, if one exists."""
+    def find_task(self, task_id: str, group: str, family: str) -> str | None:
+        """The ARN of the ECS task started for this task, if one exists: started by `task_id`, or in
+        `group` among the tasks of the task definition `family`."""
 
     def stop_task(self, ecs_task_arn: str, reason: str) -> None: ...
 

@@ -93,6 +93,15 @@ def task_definition_family(prefix: str, spec: TaskSpec) -> str:
     return f"{prefix}-{spec.architecture.value.lower()}-{spec.ephemeral_storage_gib}g-{digest}"
 
 
+ECS_GROUP_PREFIX = "taskrunner:"
+
+
+def ecs_group(task_id: str) -> str:
+    """The ECS task group that ties an ECS task to its task. ECS events carry the group; Step Functions'
+    `.sync` integration may set `startedBy` itself, so the group is what identifies the task."""
+    return f"{ECS_GROUP_PREFIX}{task_id}"
+
+
 def execution_arn_for(state_machine_arn: str, name: str) -> str:
     return state_machine_arn.replace(":stateMachine:", ":execution:", 1) + f":{name}"
 
@@ -161,6 +170,7 @@ class TaskService:
             },
             "overrides": run_task_overrides(spec),
             "capacity_provider": "FARGATE_SPOT" if spec.capacity is Capacity.SPOT else "FARGATE",
+            "ecs_group": ecs_group(task.task_id),
             "timeout_seconds": spec.timeout_seconds,
             "tags": tags,
         }
@@ -213,7 +223,7 @@ class TaskService:
         task = self._move_to(task, TaskStatus.CANCELLED, CANCEL_REASON, raise_if_terminal=True)
         if task.execution_arn:
             self.orchestrator.stop(task.execution_arn, CANCEL_REASON)
-        ecs_task_arn = task.ecs_task_arn or self.compute.find_task(task_id)
+        ecs_task_arn = task.ecs_task_arn or self._find_ecs_task(task)
         if ecs_task_arn:
             # The ECS task's STOPPED event finalizes and meters it (the execution no longer will).
             self.compute.stop_task(ecs_task_arn, CANCEL_REASON)
@@ -227,11 +237,16 @@ class TaskService:
             raise TaskNotFound(task_id)
         reason = f"Timed out after {task.spec.timeout_seconds} s"
         task = self._move_to(task, TaskStatus.TIMED_OUT, reason, raise_if_terminal=False)
-        ecs_task_arn = task.ecs_task_arn or self.compute.find_task(task_id)
+        ecs_task_arn = task.ecs_task_arn or self._find_ecs_task(task)
         if ecs_task_arn:
             self.compute.stop_task(ecs_task_arn, reason)
             self._remember_arn(task, ecs_task_arn)
         return ecs_task_arn
+
+    def _find_ecs_task(self, task: Task) -> str | None:
+        return self.compute.find_task(
+            task.task_id, ecs_group(task.task_id), task_definition_family(self.settings.task_family_prefix, task.spec)
+        )
 
     def _move_to(self, task: Task, status: TaskStatus, reason: str, *, raise_if_terminal: bool) -> Task:
         for _ in range(_MAX_RACE_RETRIES):
@@ -265,7 +280,7 @@ class TaskService:
 
     def on_ecs_task_state_change(self, observation: TaskObservation) -> Task | None:
         """Live status from ECS events, and the safety net that finalizes tasks nobody else did."""
-        task_id = observation.started_by
+        task_id = observation.task_id(ECS_GROUP_PREFIX)
         task = self.store.get(task_id) if task_id else None
         if task is None or observation.ecs_task_arn is None:
             return None
