@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.apigw import ROUTES
+
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 ASL = ROOT / "statemachines" / "run_task.asl.json"
@@ -38,16 +40,7 @@ DEFINITION_SUBSTITUTIONS = {
     "Region",
 }
 
-HTTP_ROUTES = {
-    ("POST", "/tasks"),
-    ("GET", "/tasks"),
-    ("GET", "/tasks/{task_id}"),
-    ("POST", "/tasks/{task_id}/cancel"),
-    ("GET", "/tasks/{task_id}/logs"),
-    ("GET", "/usage"),
-    ("GET", "/openapi.json"),
-    ("GET", "/docs"),
-}
+HTTP_ROUTES = set(ROUTES)  # every route of DESIGN §4
 
 FUNCTIONS = {
     "ApiFunction": "functions/api/",
