@@ -1,0 +1,120 @@
+"""`taskrunner local up | demo | invoke`: the local stack from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from taskrunner_local.config import LocalConfig
+from taskrunner_local.stack import LocalStack
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _check_port(host: str, port: int, what: str) -> None:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            sys.exit(f"error: port {port} for the {what} is in use; set {'TASKRUNNER_API_PORT' if what == 'API' else 'TASKRUNNER_AWS_PORT'} to another port")
+
+
+def banner(stack: LocalStack) -> str:
+    deployment = stack.deployment
+    assert deployment is not None
+    endpoint = stack.aws_endpoint
+    api = stack.api_url
+    port = stack.config.api_port
+    return f"""
+taskrunner is up (stack {deployment.stack_name}, everything on this machine)
+
+  API            {api}          reference: {api}/docs   OpenAPI: {api}/openapi.json
+  AWS endpoint   {endpoint}
+
+Run a task:
+  curl -X POST localhost:{port}/tasks -d '{{"image":"python:3.12-slim","command":["sh","-c","echo hi"]}}'
+  curl localhost:{port}/tasks/<task_id>
+  curl localhost:{port}/tasks/<task_id>/logs
+
+Point the AWS CLI or boto3 at the endpoint (any credentials work):
+  export AWS_ENDPOINT_URL={endpoint} AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION={stack.config.region}
+  aws stepfunctions list-executions --state-machine-arn {deployment.state_machine_arn}
+  python -c 'import boto3; print(boto3.client("dynamodb").scan(TableName="{deployment.outputs.get("TasksTableName")}")["Count"])'
+
+  state machine  {deployment.state_machine_arn}
+  cluster        {deployment.outputs.get("ClusterName")}
+  tables         {deployment.outputs.get("TasksTableName")}, {deployment.outputs.get("IdempotencyTableName")}
+  task logs      {deployment.outputs.get("TaskLogGroupName")} (archived by Firehose {deployment.delivery_stream} to s3://{deployment.outputs.get("ArchiveBucketName")})
+
+Ctrl-C stops everything.
+"""
+
+
+def up(config: LocalConfig) -> int:
+    _check_port(config.host, config.api_port, "API")
+    _check_port(config.host, config.aws_port, "AWS endpoint")
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    print("starting the local stack…", flush=True)
+    with LocalStack(config) as stack:
+        print(banner(stack), flush=True)
+        stopping.wait()
+        print("\nstopping…", flush=True)
+    print("stopped; no task process is left running.")
+    return 0
+
+
+def invoke(config: LocalConfig, function: str, event_file: Path | None) -> int:
+    """A stand-in for `sam local invoke` that needs no Docker: the same runtime, the stack behind it."""
+    event: Any = json.loads(event_file.read_text()) if event_file else {}
+    config.api_port, config.aws_port, config.echo_function_logs = free_port(), free_port(), True
+    with LocalStack(config) as stack:
+        assert stack.runtime is not None
+        if not stack.runtime.knows(function):
+            print(f"error: no function {function!r} in template.yaml", file=sys.stderr)
+            return 2
+        invocation = stack.runtime.invoke(function, event)
+    print(json.dumps(invocation.error or invocation.result, indent=2, default=str))
+    return 1 if invocation.error else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="taskrunner", description="The task runner's command line.")
+    commands = parser.add_subparsers(dest="scope", required=True)
+    local = commands.add_parser("local", help="the embedded local stack (no AWS account, no Docker)")
+    actions = local.add_subparsers(dest="action", required=True)
+    up_parser = actions.add_parser("up", help="start everything and serve the API until Ctrl-C")
+    up_parser.add_argument("--api-port", type=int, help="default $TASKRUNNER_API_PORT or 3000")
+    up_parser.add_argument("--aws-port", type=int, help="default $TASKRUNNER_AWS_PORT or 4566")
+    actions.add_parser("demo", help="a one-command tour: run a task that succeeds, one that fails, one cancelled")
+    invoke_parser = actions.add_parser("invoke", help="invoke one function on an event, like `sam local invoke`")
+    invoke_parser.add_argument("function", help="the function's logical id in template.yaml, e.g. ApiFunction")
+    invoke_parser.add_argument("-e", "--event", type=Path, help="a JSON event file, e.g. events/api/post_task.json")
+    args = parser.parse_args(argv)
+
+    config = LocalConfig()
+    if args.action == "up":
+        config.api_port = args.api_port or config.api_port
+        config.aws_port = args.aws_port or config.aws_port
+        return up(config)
+    if args.action == "invoke":
+        config.echo_function_logs = True
+        return invoke(config, args.function, args.event)
+    from taskrunner_local.demo import demo
+
+    return demo(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Settings of the local stack, read once from the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+def _float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+@dataclass
+class LocalConfig:
+    host: str = "127.0.0.1"
+    api_port: int = field(default_factory=lambda: _int("TASKRUNNER_API_PORT", 3000))
+    aws_port: int = field(default_factory=lambda: _int("TASKRUNNER_AWS_PORT", 4566))
+    region: str = "us-east-1"
+    account: str = "123456789012"
+    stack_name: str = field(default_factory=lambda: os.environ.get("TASKRUNNER_STACK_NAME", "taskrunner"))
+    root: Path = ROOT
+    #: where task working directories and function code zips are made (a temporary folder when None)
+    work_dir: Path | None = None
+    #: seconds between SIGTERM and SIGKILL when a task is stopped (ECS's default stopTimeout is 30 s)
+    stop_timeout_seconds: float = field(default_factory=lambda: _float("TASKRUNNER_STOP_TIMEOUT", 30.0))
+    #: tasks that may run at once; more wait in PROVISIONING, like a cluster out of capacity
+    max_running_tasks: int = field(default_factory=lambda: _int("TASKRUNNER_MAX_RUNNING_TASKS", 64))
+    #: execution environments per function (Lambda's concurrency, bounded for a laptop)
+    lambda_concurrency: int = field(default_factory=lambda: _int("TASKRUNNER_LAMBDA_CONCURRENCY", 6))
+    #: API Gateway HTTP APIs accept payloads up to 10 MB
+    max_request_bytes: int = field(default_factory=lambda: _int("TASKRUNNER_MAX_REQUEST_BYTES", 10 * 1024 * 1024))
+    #: print each Lambda invocation's own log lines on the console
+    echo_function_logs: bool = field(default_factory=lambda: os.environ.get("TASKRUNNER_QUIET", "") == "")
+
+    @property
+    def aws_endpoint(self) -> str:
+        return f"http://{self.host}:{self.aws_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.api_port}"

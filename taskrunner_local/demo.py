@@ -1,0 +1,63 @@
+"""`make demo`: start the stack, run a task that succeeds, one that fails and one that is cancelled, print a
+table and their logs, stop the stack."""
+
+from __future__ import annotations
+
+import socket
+
+from taskrunner_local.client import TaskRunnerClient
+from taskrunner_local.config import LocalConfig
+from taskrunner_local.stack import LocalStack
+
+DEMO_TASKS = {
+    "succeeds": {"image": "python:3.12-slim", "command": ["sh", "-c", "echo hello from a local Fargate task; sleep 1"]},
+    "fails": {"image": "python:3.12-slim", "command": ["sh", "-c", "echo about to fail >&2; exit 3"]},
+    "cancelled": {"image": "python:3.12-slim", "command": ["sh", "-c", "echo working; sleep 120"]},
+}
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def demo(config: LocalConfig) -> int:
+    from taskrunner_local.cli import free_port
+
+    if not _port_free(config.host, config.api_port):
+        config.api_port = free_port()
+    if not _port_free(config.host, config.aws_port):
+        config.aws_port = free_port()
+    config.echo_function_logs = False
+    print("starting the local stack…", flush=True)
+    with LocalStack(config) as stack:
+        client = TaskRunnerClient(stack.api_url)
+        print(f"API at {stack.api_url}; submitting three tasks…", flush=True)
+        ids = {name: client.submit({**spec, "name": f"demo-{name}"})["task_id"] for name, spec in DEMO_TASKS.items()}
+        client.wait(ids["cancelled"], {"RUNNING"})
+        print(f"cancelling {ids['cancelled']} while it runs…", flush=True)
+        client.cancel(ids["cancelled"])
+        tasks = {name: client.wait(task_id) for name, task_id in ids.items()}
+
+        print()
+        header = f"{'task':<11} {'task id':<27} {'status':<10} {'exit':>4} {'stop code':<25} {'billed s':>8} {'cost USD':>12}"
+        print(header)
+        print("-" * len(header))
+        for name, task in tasks.items():
+            metering = task["metering"] or {}
+            exit_code = "" if task["exit_code"] is None else task["exit_code"]
+            print(
+                f"{name:<11} {task['task_id']:<27} {task['status']:<10} {exit_code!s:>4} {task['stop_code'] or '':<25} "
+                f"{metering.get('billed_seconds', ''):>8} {metering.get('cost_usd', 0):>12.8f}"
+            )
+        for name, task in tasks.items():
+            print(f"\nlogs of {name} ({task['task_id']}):")
+            for line in client.logs(task["task_id"]):
+                print(f"  | {line}")
+        print("\nstopping the local stack…", flush=True)
+    print("done.")
+    return 0

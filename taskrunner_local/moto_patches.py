@@ -1,0 +1,432 @@
+"""Every change this project makes to moto 5.2.5, in one place (DESIGN §3).
+
+Each patch closes one gap between moto and AWS that the task runner depends on, and each has a test in
+tests/unit/test_moto_gaps.py that shows the gap with the patch reverted, so a patch can be deleted once
+moto fixes its gap. Patches are applied by the local stack before moto's server starts.
+
+The hooks (`Hooks`) connect the patched moto to the local stack's own parts: the Fargate agent learns of
+RunTask/StopTask through them, and Lambda invocations (from Step Functions, EventBridge or boto3) reach the
+in-process Lambda runtime through them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+#: (function name, payload, invocation type) -> (response payload, error type or None)
+LambdaInvoker = Callable[[str, bytes, str], tuple[bytes, str | None]]
+
+
+@dataclass
+class Hooks:
+    """Where patched moto hands work to the local stack. Unset hooks leave moto's own behaviour."""
+
+    on_run_task: Callable[[Any, list[Any]], None] | None = None
+    on_stop_task: Callable[[Any, Any, str], None] | None = None
+    invoke_lambda: LambdaInvoker | None = None
+
+
+HOOKS = Hooks()
+
+
+@dataclass
+class Patch:
+    name: str
+    gap: str
+    _apply: Callable[[], list[tuple[Any, str, Any]]]
+    _originals: list[tuple[Any, str, Any]] = field(default_factory=list)
+
+    @property
+    def applied(self) -> bool:
+        return bool(self._originals)
+
+    def apply(self) -> None:
+        if not self.applied:
+            self._originals = self._apply()
+
+    def revert(self) -> None:
+        for owner, attribute, original in reversed(self._originals):
+            if isinstance(owner, dict):
+                owner[attribute] = original
+            elif original is _INHERITED:
+                delattr(owner, attribute)
+            else:
+                setattr(owner, attribute, original)
+        self._originals = []
+
+
+_INHERITED = object()
+
+
+def _replace(owner: Any, attribute: str, new: Any) -> tuple[Any, str, Any]:
+    original = owner[attribute] if isinstance(owner, dict) else owner.__dict__.get(attribute, _INHERITED)
+    if isinstance(owner, dict):
+        owner[attribute] = new
+    else:
+        setattr(owner, attribute, new)
+    return owner, attribute, original
+
+
+# ---------------------------------------------------------------------------------------------- Step Functions
+
+
+@cache
+def _operation_model(service: str, action: str) -> Any:
+    import botocore.session
+    from botocore import xform_name
+
+    model = botocore.session.get_session().get_service_model(service)
+    for name in model.operation_names:
+        if xform_name(name) == action:
+            return model.operation_model(name)
+    return None
+
+
+def _patch_sfn_normalisation() -> list[tuple[Any, str, Any]]:
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service import (
+        StateTaskService,
+    )
+
+    def _normalise_parameters(
+        self: Any, parameters: dict, boto_service_name: str | None = None, service_action_name: str | None = None
+    ) -> None:
+        operation = _operation_model(
+            self._get_boto_service_name(boto_service_name), self._get_boto_service_action(service_action_name)
+        )
+        if operation is not None and operation.input_shape is not None:
+            self._to_boto_request(parameters, operation.input_shape)
+
+    def _normalise_response(
+        self: Any, response: Any, boto_service_name: str | None = None, service_action_name: str | None = None
+    ) -> None:
+        operation = _operation_model(
+            self._get_boto_service_name(boto_service_name), self._get_boto_service_action(service_action_name)
+        )
+        if operation is not None and operation.output_shape is not None:
+            self._from_boto_response(response, operation.output_shape)
+
+    return [
+        _replace(StateTaskService, "_normalise_parameters", _normalise_parameters),
+        _replace(StateTaskService, "_normalise_response", _normalise_response),
+    ]
+
+
+_RUN_TASK_PARAMETERS_AWS_ACCEPTS = {"CapacityProviderStrategy", "Tags", "EnableECSManagedTags", "ReferenceId", "Count"}
+
+
+def _patch_sfn_ecs_parameters() -> list[tuple[Any, str, Any]]:
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service_ecs
+
+    bindings = state_task_service_ecs._SUPPORTED_API_PARAM_BINDINGS
+    widened = {**bindings, "runtask": bindings["runtask"] | _RUN_TASK_PARAMETERS_AWS_ACCEPTS}
+    return [_replace(state_task_service_ecs.__dict__, "_SUPPORTED_API_PARAM_BINDINGS", widened)]
+
+
+def _epoch_millis(value: Any) -> Any:
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return int(aware.timestamp() * 1000)
+    if isinstance(value, dict):
+        return {k: _epoch_millis(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_epoch_millis(v) for v in value]
+    return value
+
+
+def _task_failed(env: Any, service: Any, cause: str) -> Exception:
+    from moto.stepfunctions.parser.api import HistoryEventType, TaskFailedEventDetails
+    from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import (
+        FailureEvent,
+        FailureEventException,
+    )
+    from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import StatesErrorName
+    from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name_type import (
+        StatesErrorNameType,
+    )
+    from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
+
+    return FailureEventException(
+        failure_event=FailureEvent(
+            env=env,
+            error_name=StatesErrorName(typ=StatesErrorNameType.StatesTaskFailed),
+            event_type=HistoryEventType.TaskFailed,
+            event_details=EventDetails(
+                taskFailedEventDetails=TaskFailedEventDetails(
+                    error=StatesErrorNameType.StatesTaskFailed.to_name(),
+                    cause=cause,
+                    resource=service._get_sfn_resource(),
+                    resourceType=service._get_sfn_resource_type(),
+                )
+            ),
+        )
+    )
+
+
+def ecs_task_failed(description: dict[str, Any], essential: set[str]) -> bool:
+    """How AWS decides a runTask.sync failed: the task failed to start, or an essential container exited
+    with a non-zero code."""
+    if description.get("stopCode") == "TaskFailedToStart":
+        return True
+    for container in description.get("containers", []):
+        if container.get("name") in essential and container.get("exitCode") not in (0, None):
+            return True
+    return any(c.get("name") in essential and c.get("exitCode") is None for c in description.get("containers", []))
+
+
+def _patch_sfn_ecs_sync() -> list[tuple[Any, str, Any]]:
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_ecs import (
+        StateTaskServiceEcs,
+    )
+    from moto.stepfunctions.parser.asl.utils.boto_client import boto_client_for
+
+    def _build_sync_resolver(
+        self: Any, env: Any, resource_runtime_part: Any, normalised_parameters: dict, state_credentials: Any
+    ) -> Callable[[], Any]:
+        ecs = boto_client_for(service="ecs", region=resource_runtime_part.region, state_credentials=state_credentials)
+        submission = env.stack.pop()
+        task_arn = submission["Tasks"][0]["TaskArn"]
+        cluster_arn = submission["Tasks"][0]["ClusterArn"]
+        essential: set[str] | None = None
+
+        def _sync_resolver() -> dict | None:
+            nonlocal essential
+            described = ecs.describe_tasks(cluster=cluster_arn, tasks=[task_arn])
+            task = described["tasks"][0]
+            if task["lastStatus"] != "STOPPED":
+                return None
+            if essential is None:
+                definition = ecs.describe_task_definition(taskDefinition=task["taskDefinitionArn"])["taskDefinition"]
+                essential = {c["name"] for c in definition["containerDefinitions"] if c.get("essential", True)}
+            described.pop("ResponseMetadata", None)
+            self._normalise_response(response=described, service_action_name="describe_tasks")
+            pascal = _epoch_millis(described["Tasks"][0])
+            if ecs_task_failed(task, essential):
+                raise _task_failed(env, self, json.dumps(pascal, separators=(",", ":")))
+            return pascal
+
+        return _sync_resolver
+
+    return [_replace(StateTaskServiceEcs, "_build_sync_resolver", _build_sync_resolver)]
+
+
+# ---------------------------------------------------------------------------------------------- ECS
+
+
+def _patch_ecs_fargate_resources() -> list[tuple[Any, str, Any]]:
+    from moto.ecs.models import EC2ContainerServiceBackend
+
+    original = EC2ContainerServiceBackend.__dict__["_calculate_task_resource_requirements"].__func__
+
+    def _calculate_task_resource_requirements(task_definition: Any) -> dict[str, Any]:
+        # Fargate container definitions need no container-level memory; moto adds None and crashes.
+        containers = task_definition.container_definitions
+        patched = [
+            c
+            if any(k in c for k in ("memory", "Memory", "memoryReservation", "MemoryReservation"))
+            else {**c, "memory": 0}
+            for c in containers
+        ]
+        task_definition.container_definitions = patched
+        try:
+            return original(task_definition)  # type: ignore[no-any-return]
+        finally:
+            task_definition.container_definitions = containers
+
+    return [
+        _replace(
+            EC2ContainerServiceBackend,
+            "_calculate_task_resource_requirements",
+            staticmethod(_calculate_task_resource_requirements),
+        )
+    ]
+
+
+#: Attributes the local agent sets on moto's ECS task objects; moto's serializer picks them up by name.
+TASK_LIFECYCLE_ATTRIBUTES = (
+    "created_at",
+    "pull_started_at",
+    "pull_stopped_at",
+    "started_at",
+    "connectivity_at",
+    "stopping_at",
+    "execution_stopped_at",
+    "stopped_at",
+    "stop_code",
+    "cpu",
+    "memory",
+    "ephemeral_storage",
+    "platform_family",
+    "availability_zone",
+)
+
+
+def _patch_ecs_task_lifecycle() -> list[tuple[Any, str, Any]]:
+    """moto's ECS tasks start RUNNING, never change by themselves, carry no timestamps, exit codes or stop
+    codes, and StopTask marks them STOPPED at once. Here the task's lifecycle belongs to the local agent."""
+    from moto.ecs import models as ecs_models
+    from moto.ecs.exceptions import InvalidParameterException
+
+    Task = ecs_models.Task  # noqa: N806
+    backend_cls = ecs_models.EC2ContainerServiceBackend
+    original_run_task = backend_cls.run_task
+    lock = threading.Lock()
+
+    def status_get(self: Any) -> str | None:
+        return self._status  # type: ignore[no-any-return]
+
+    def status_set(self: Any, value: str) -> None:
+        self._status = value
+
+    def run_task(self: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        tasks = original_run_task(self, *args, **kwargs)
+        now = datetime.now(UTC)
+        for task in tasks:
+            task._status = "PROVISIONING"
+            task.created_at = now
+            for attribute in TASK_LIFECYCLE_ATTRIBUTES:
+                if not hasattr(task, attribute):
+                    setattr(task, attribute, None)
+            for container in task.containers:
+                container.exitCode = None
+                container.reason = None
+                container.last_status = "PENDING"
+        if HOOKS.on_run_task is not None:
+            HOOKS.on_run_task(self, tasks)
+        return tasks  # type: ignore[no-any-return]
+
+    def stop_task(self: Any, cluster_str: str, task_str: str, reason: str) -> Any:
+        cluster = self._get_cluster(cluster_str)
+        task_id = task_str.rsplit("/", 1)[-1]
+        with lock:
+            task = next(
+                (t for arn, t in self.tasks.get(cluster.name, {}).items() if arn.rsplit("/", 1)[-1] == task_id), None
+            )
+        if task is None:
+            raise InvalidParameterException("The referenced task was not found.")
+        if task.desired_status != "STOPPED":
+            task.desired_status = "STOPPED"
+            task.stopped_reason = reason or "Task stopped by user"
+            if HOOKS.on_stop_task is not None:
+                HOOKS.on_stop_task(self, task, task.stopped_reason)
+            else:
+                task._status = "STOPPED"
+        return task
+
+    return [
+        _replace(Task, "status", property(status_get, status_set)),
+        _replace(backend_cls, "run_task", run_task),
+        _replace(backend_cls, "stop_task", stop_task),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- Lambda, EventBridge
+
+
+def _patch_lambda_invoke() -> list[tuple[Any, str, Any]]:
+    """moto runs Lambda functions only in Docker; the local stack runs them in its own runtime."""
+    from moto.awslambda.models import LambdaFunction
+
+    original = LambdaFunction.invoke
+
+    def invoke(self: Any, body: Any, request_headers: Any, response_headers: Any) -> Any:
+        if HOOKS.invoke_lambda is None:
+            return original(self, body, request_headers, response_headers)
+        payload = body.encode() if isinstance(body, str) else (body or b"{}")
+        invocation_type = (request_headers or {}).get("x-amz-invocation-type") or (request_headers or {}).get(
+            "X-Amz-Invocation-Type", "RequestResponse"
+        )
+        result, error = HOOKS.invoke_lambda(self.function_name, payload, invocation_type)
+        if error:
+            response_headers["x-amz-function-error"] = "Unhandled"
+        return result
+
+    return [_replace(LambdaFunction, "invoke", invoke)]
+
+
+def _patch_events_lambda_targets() -> list[tuple[Any, str, Any]]:
+    """moto's EventBridge rules deliver to logs, SQS and buses, not to Lambda functions."""
+    import copy
+
+    from moto.events.models import EventTemplateParser, Rule
+    from moto.utilities.arns import parse_arn
+
+    original = Rule.send_to_targets
+
+    def send_to_targets(self: Any, original_event: Any, transform_input: bool = True) -> None:
+        if HOOKS.invoke_lambda is None or not self.event_pattern.matches_event(original_event):
+            return original(self, original_event, transform_input)  # type: ignore[no-any-return]
+        lambda_targets = [t for t in self.targets if parse_arn(t["Arn"]).service == "lambda"]
+        for target in lambda_targets:
+            if "Input" in target:
+                event: Any = json.loads(target["Input"])
+            else:
+                transformer = target.get("InputTransformer", {})
+                event = EventTemplateParser.parse(
+                    input_template=transformer.get("InputTemplate"),
+                    input_paths_map=transformer.get("InputPathsMap", {}),
+                    event=original_event,
+                )
+            function_name = parse_arn(target["Arn"]).resource_id.split(":")[0]
+            HOOKS.invoke_lambda(function_name, json.dumps(event, default=str).encode(), "Event")
+        others = [t for t in self.targets if t not in lambda_targets]
+        if others:
+            rest = copy.copy(self)
+            rest.targets = others
+            original(rest, original_event, transform_input)
+        return None
+
+    return [_replace(Rule, "send_to_targets", send_to_targets)]
+
+
+PATCHES: list[Patch] = [
+    Patch(
+        "sfn-normalise-parameters",
+        "Task states never translate ASL's PascalCase parameters to boto3's names (nor responses back), so "
+        "ecs:runTask fails with States.Runtime, cause 'Cluster'.",
+        _patch_sfn_normalisation,
+    ),
+    Patch(
+        "sfn-ecs-run-task-parameters",
+        "ecs:runTask drops CapacityProviderStrategy, Tags and EnableECSManagedTags, which AWS accepts.",
+        _patch_sfn_ecs_parameters,
+    ),
+    Patch(
+        "sfn-ecs-sync-failure",
+        "ecs:runTask.sync succeeds whatever the exit code; AWS fails the state with States.TaskFailed and the "
+        "task description (PascalCase, epoch milliseconds) as the Cause.",
+        _patch_sfn_ecs_sync,
+    ),
+    Patch(
+        "ecs-fargate-container-memory",
+        "RunTask crashes on a Fargate task definition whose containers have no memory of their own.",
+        _patch_ecs_fargate_resources,
+    ),
+    Patch(
+        "ecs-task-lifecycle",
+        "ECS tasks start RUNNING, carry no timestamps, exit or stop codes, StopTask stops at once, and "
+        "StopTask on an unknown task raises a bare Exception (HTTP 500).",
+        _patch_ecs_task_lifecycle,
+    ),
+    Patch("lambda-invoke-local", "Lambda functions run only in Docker.", _patch_lambda_invoke),
+    Patch("events-lambda-targets", "EventBridge rules cannot target Lambda functions.", _patch_events_lambda_targets),
+]
+
+
+def apply_all() -> None:
+    for patch in PATCHES:
+        patch.apply()
+
+
+def revert_all() -> None:
+    for patch in reversed(PATCHES):
+        patch.revert()
+
+
+def patch_named(name: str) -> Patch:
+    return next(p for p in PATCHES if p.name == name)

@@ -1,0 +1,292 @@
+"""The in-process Lambda runtime: every invocation runs the real handler from functions/.
+
+Each function gets a small pool of execution environments: worker processes (taskrunner_local.lambda_worker)
+that import the handler once, with the layer on the path, the template's environment variables (Globals
+merged with the function's own, as deployed), and a Lambda context carrying the function's timeout. A
+handler that raises returns Lambda's error shape; one that hangs past its timeout is killed; neither takes
+the stack down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+WORKER_SCRIPT = Path(__file__).with_name("lambda_worker.py")
+WORKER_START_TIMEOUT_SECONDS = 60
+ASYNC_RETRY_DELAYS_SECONDS = (1.0, 2.0)  # Lambda retries an asynchronous invocation twice
+
+
+@dataclass
+class FunctionSpec:
+    logical_id: str
+    name: str
+    arn: str
+    code_dir: Path
+    handler: str
+    layer_dirs: list[Path]
+    environment: dict[str, str]
+    timeout_seconds: int = 3
+    memory_mb: int = 128
+
+
+@dataclass
+class Invocation:
+    result: Any = None
+    error: dict[str, Any] | None = None
+    duration_ms: float = 0.0
+
+    @property
+    def payload(self) -> bytes:
+        return json.dumps(self.error if self.error else self.result, default=str).encode()
+
+
+class WorkerDied(Exception):
+    pass
+
+
+class _Worker:
+    def __init__(self, spec: FunctionSpec, env: dict[str, str], echo: Callable[[str], None]) -> None:
+        self.spec = spec
+        self.process = subprocess.Popen(
+            # -I: the function sees its code, its layers and the interpreter's packages, not this package
+            [sys.executable, "-I", str(WORKER_SCRIPT), str(spec.code_dir), spec.handler, *map(str, spec.layer_dirs)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=str(spec.code_dir),
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
+        self._answers: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        threading.Thread(target=self._read_answers, daemon=True, name=f"{spec.logical_id}-answers").start()
+        threading.Thread(target=self._echo_logs, args=(echo,), daemon=True, name=f"{spec.logical_id}-logs").start()
+        ready = self._next_answer(WORKER_START_TIMEOUT_SECONDS)
+        if not ready or not ready.get("ready"):
+            self.kill()
+            raise WorkerDied(f"{spec.logical_id}: the execution environment did not start")
+
+    def _read_answers(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._answers.put(json.loads(line))
+        self._answers.put(None)
+
+    def _echo_logs(self, echo: Callable[[str], None]) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            echo(line.rstrip("\n"))
+
+    def _next_answer(self, timeout: float) -> dict[str, Any] | None:
+        try:
+            return self._answers.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError from None
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def invoke(self, event: Any, request_id: str) -> Invocation:
+        timeout = self.spec.timeout_seconds
+        deadline_ms = int((time.time() + timeout) * 1000)
+        request = json.dumps({"event": event, "request_id": request_id, "deadline_ms": deadline_ms})
+        try:
+            assert self.process.stdin is not None
+            self.process.stdin.write(request + "\n")
+            self.process.stdin.flush()
+            answer = self._next_answer(timeout)
+        except TimeoutError:
+            self.kill()
+            return Invocation(
+                error={"errorType": "Sandbox.Timedout", "errorMessage": f"Task timed out after {timeout:.2f} seconds"}
+            )
+        except (BrokenPipeError, OSError):
+            answer = None
+        if answer is None:
+            self.kill()
+            return Invocation(
+                error={
+                    "errorType": "Runtime.ExitError",
+                    "errorMessage": f"RequestId: {request_id} Error: Runtime exited",
+                }
+            )
+        if answer["ok"]:
+            return Invocation(result=answer["result"])
+        return Invocation(error=answer["error"])
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+@dataclass
+class _Pool:
+    spec: FunctionSpec
+    env: dict[str, str]
+    limit: int
+    echo: Callable[[str], None]
+    idle: list[_Worker] = field(default_factory=list)
+    everyone: set[_Worker] = field(default_factory=set)
+    size: int = 0
+    condition: threading.Condition = field(default_factory=threading.Condition)
+
+    def acquire(self) -> _Worker:
+        with self.condition:
+            while not self.idle and self.size >= self.limit:
+                self.condition.wait()
+            if self.idle:
+                return self.idle.pop()
+            self.size += 1
+        try:
+            worker = _Worker(self.spec, self.env, self.echo)
+        except BaseException:
+            with self.condition:
+                self.size -= 1
+                self.condition.notify()
+            raise
+        with self.condition:
+            self.everyone.add(worker)
+        return worker
+
+    def release(self, worker: _Worker) -> None:
+        with self.condition:
+            if worker.alive:
+                self.idle.append(worker)
+            else:
+                self.size -= 1
+                self.everyone.discard(worker)
+            self.condition.notify()
+
+    def close(self) -> None:
+        with self.condition:
+            workers, self.idle, self.everyone = list(self.everyone), [], set()
+        for worker in workers:
+            worker.kill()
+
+
+class LambdaRuntime:
+    def __init__(
+        self,
+        functions: list[FunctionSpec],
+        *,
+        base_env: dict[str, str],
+        concurrency: int = 6,
+        echo_logs: bool = True,
+    ) -> None:
+        self._pools: dict[str, _Pool] = {}
+        self._names: dict[str, str] = {}
+        self._async = ThreadPoolExecutor(max_workers=max(4, concurrency * 2), thread_name_prefix="lambda-async")
+        self._closed = False
+        for spec in functions:
+            env = {
+                **base_env,
+                **spec.environment,
+                "AWS_LAMBDA_FUNCTION_NAME": spec.name,
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
+                "AWS_LAMBDA_FUNCTION_TIMEOUT": str(spec.timeout_seconds),
+                "TASKRUNNER_FUNCTION_ARN": spec.arn,
+                "PYTHONUNBUFFERED": "1",
+            }
+            echo = self._echo(spec.logical_id) if echo_logs else (lambda line: None)
+            self._pools[spec.logical_id] = _Pool(spec, env, concurrency, echo)
+            for alias in (spec.logical_id, spec.name, spec.arn):
+                self._names[alias] = spec.logical_id
+
+    @staticmethod
+    def _echo(label: str) -> Callable[[str], None]:
+        def echo(line: str) -> None:
+            print(f"[{label}] {line}", flush=True)
+
+        return echo
+
+    def knows(self, function: str) -> bool:
+        return self._logical_id(function) is not None
+
+    def _logical_id(self, function: str) -> str | None:
+        name = function.split(":function:", 1)[-1].split(":", maxsplit=1)[0] if ":function:" in function else function
+        return self._names.get(name)
+
+    def spec(self, function: str) -> FunctionSpec:
+        logical_id = self._logical_id(function)
+        if logical_id is None:
+            raise KeyError(f"no function {function!r}")
+        return self._pools[logical_id].spec
+
+    def warm(self) -> None:
+        """Start one execution environment per function, in parallel, so first requests are warm."""
+
+        def start(pool: _Pool) -> None:
+            try:
+                pool.release(pool.acquire())
+            except WorkerDied as exc:
+                print(f"[{pool.spec.logical_id}] {exc}", flush=True)
+
+        threads = [threading.Thread(target=start, args=(pool,)) for pool in self._pools.values()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def invoke(self, function: str, event: Any) -> Invocation:
+        logical_id = self._logical_id(function)
+        if logical_id is None:
+            return Invocation(
+                error={"errorType": "ResourceNotFoundException", "errorMessage": f"Function not found: {function}"}
+            )
+        pool = self._pools[logical_id]
+        started = time.perf_counter()
+        try:
+            worker = pool.acquire()
+        except WorkerDied as exc:
+            return Invocation(error={"errorType": "Runtime.InitError", "errorMessage": str(exc)})
+        try:
+            invocation = worker.invoke(event, str(uuid.uuid4()))
+        finally:
+            pool.release(worker)
+        invocation.duration_ms = (time.perf_counter() - started) * 1000
+        return invocation
+
+    def invoke_async(self, function: str, event: Any) -> None:
+        def run() -> None:
+            for delay in (0.0, *ASYNC_RETRY_DELAYS_SECONDS):
+                if self._closed:
+                    return
+                time.sleep(delay)
+                if self.invoke(function, event).error is None:
+                    return
+            print(f"[{function}] asynchronous invocation failed after retries; event dropped", flush=True)
+
+        self._async.submit(run)
+
+    def invoke_payload(self, function: str, payload: bytes, invocation_type: str) -> tuple[bytes, str | None]:
+        """The shape moto's Lambda API needs (see moto_patches.Hooks.invoke_lambda)."""
+        event = json.loads(payload or b"{}")
+        if invocation_type == "Event":
+            self.invoke_async(function, event)
+            return b"", None
+        invocation = self.invoke(function, event)
+        return invocation.payload, (invocation.error or {}).get("errorType")
+
+    def close(self) -> None:
+        self._closed = True
+        self._async.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools.values():
+            pool.close()

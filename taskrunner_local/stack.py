@@ -1,0 +1,163 @@
+"""The whole task runner on one machine: moto, the deployed template, the Lambda runtime, the HTTP gateway
+and the Fargate agent, started and stopped together."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from taskrunner_local import moto_patches
+from taskrunner_local.agent import FargateAgent
+from taskrunner_local.aws_server import AwsServer, EndpointSession
+from taskrunner_local.config import LocalConfig
+from taskrunner_local.deploy import Deployer, Deployment
+from taskrunner_local.gateway import Gateway
+from taskrunner_local.runtime import FunctionSpec, LambdaRuntime
+from taskrunner_local.sam import SamApp
+
+
+class LocalStack:
+    def __init__(self, config: LocalConfig | None = None) -> None:
+        self.config = config or LocalConfig()
+        self.aws = AwsServer(self.config)
+        self.session: EndpointSession | None = None
+        self.deployment: Deployment | None = None
+        self.runtime: LambdaRuntime | None = None
+        self.agent: FargateAgent | None = None
+        self.gateway: Gateway | None = None
+        self._work_dir: Path | None = None
+        self._own_work_dir = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> LocalStack:
+        config = self.config
+        if config.work_dir is None:
+            self._work_dir = Path(tempfile.mkdtemp(prefix="taskrunner-local-"))
+            self._own_work_dir = True
+        else:
+            self._work_dir = config.work_dir
+            self._work_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.aws.start()
+            self.session = EndpointSession(config)
+            app = SamApp(config.root / "template.yaml")
+            self.deployment = Deployer(app, self.session, config.stack_name, config.region, config.account).deploy()
+            self.runtime = LambdaRuntime(
+                self._function_specs(app),
+                base_env=self._function_base_env(),
+                concurrency=config.lambda_concurrency,
+                echo_logs=config.echo_function_logs,
+            )
+            self.agent = FargateAgent(
+                self.session,
+                work_dir=self._work_dir / "tasks",
+                stop_timeout_seconds=config.stop_timeout_seconds,
+                max_running_tasks=config.max_running_tasks,
+                region=config.region,
+                on_log=lambda line: print(f"[agent] {line}", flush=True),
+            )
+            moto_patches.HOOKS.invoke_lambda = self.runtime.invoke_payload
+            moto_patches.HOOKS.on_run_task = self.agent.on_run_task
+            moto_patches.HOOKS.on_stop_task = self.agent.on_stop_task
+            self.agent.settle_orphans(self.ecs_backend())
+            self.runtime.warm()
+            self.gateway = Gateway(
+                app.http_routes(),
+                self.runtime,
+                host=config.host,
+                port=config.api_port,
+                max_request_bytes=config.max_request_bytes,
+                account=config.account,
+            )
+            self.gateway.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.gateway is not None:
+            self.gateway.stop()
+            self.gateway = None
+        if self.agent is not None:
+            self.agent.shutdown()
+        if self.runtime is not None:
+            self.runtime.close()
+            self.runtime = None
+        moto_patches.HOOKS.invoke_lambda = None
+        moto_patches.HOOKS.on_run_task = None
+        moto_patches.HOOKS.on_stop_task = None
+        self.aws.stop()
+        if self._own_work_dir and self._work_dir is not None:
+            shutil.rmtree(self._work_dir, ignore_errors=True)
+            self._work_dir = None
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ parts
+
+    def _function_specs(self, app: SamApp) -> list[FunctionSpec]:
+        assert self.session is not None and self.deployment is not None
+        lambda_client = self.session.client("lambda")
+        specs = []
+        layers = app.layer_dirs()
+        for source in app.functions():
+            name = self.deployment.function_names[source.logical_id]
+            configuration = lambda_client.get_function_configuration(FunctionName=name)
+            specs.append(
+                FunctionSpec(
+                    logical_id=source.logical_id,
+                    name=name,
+                    arn=configuration["FunctionArn"],
+                    code_dir=source.code_dir,
+                    handler=source.handler,
+                    layer_dirs=layers,
+                    environment=configuration.get("Environment", {}).get("Variables", {}),
+                    timeout_seconds=int(configuration.get("Timeout", 3)),
+                    memory_mb=int(configuration.get("MemorySize", 128)),
+                )
+            )
+        return specs
+
+    def _function_base_env(self) -> dict[str, str]:
+        config = self.config
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")}
+        env.update(
+            AWS_ENDPOINT_URL=config.aws_endpoint,
+            AWS_ACCESS_KEY_ID="test",
+            AWS_SECRET_ACCESS_KEY="test",
+            AWS_SESSION_TOKEN="test",
+            AWS_REGION=config.region,
+            AWS_DEFAULT_REGION=config.region,
+            AWS_EXECUTION_ENV="AWS_Lambda_python3.13",
+            # No X-Ray daemon and no CloudWatch metrics ingestion locally.
+            POWERTOOLS_TRACE_DISABLED="true",
+            POWERTOOLS_METRICS_DISABLED="true",
+        )
+        return env
+
+    def ecs_backend(self) -> Any:
+        from moto.ecs.models import ecs_backends
+
+        return ecs_backends[self.config.account][self.config.region]
+
+    @property
+    def api_url(self) -> str:
+        assert self.gateway is not None
+        return f"http://{self.config.host}:{self.gateway.port}"
+
+    @property
+    def aws_endpoint(self) -> str:
+        return self.config.aws_endpoint
+
+    def client(self, service: str) -> Any:
+        assert self.session is not None
+        return self.session.client(service)
