@@ -9,7 +9,7 @@ PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)
 PY313 := $(PYENV_ROOT)/versions/3.13.0/bin
 SAM_PATH := PATH=$(PY313):$$PATH
 
-.PHONY: help venv sam-cli test test-fast lint typecheck cfn-lint validate build events clean
+.PHONY: help run demo bench venv sam-cli test test-fast lint typecheck cfn-lint validate build events clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -18,9 +18,19 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: requirements-dev.txt layers/common/requirements.txt | $(BIN)/python
+$(VENV)/.installed: requirements-dev.txt layers/common/requirements.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps --editable .
 	touch $@
+
+run: venv ## start the whole system locally (API on :3000, AWS endpoint on :4566) until Ctrl-C
+	$(BIN)/taskrunner local up
+
+demo: venv ## one-command tour: a task that succeeds, one that fails, one cancelled; table and logs
+	$(BIN)/taskrunner local demo
+
+bench: venv ## benchmark the local stack (latency, throughput, cold import) and print a table
+	$(BIN)/python -m benchmarks
 
 venv: $(VENV)/.installed ## create the virtual environment with pinned dependencies
 

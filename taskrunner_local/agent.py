@@ -160,7 +160,7 @@ class FargateAgent:
         self._slots = threading.BoundedSemaphore(max_running_tasks)
         self._running: dict[str, _RunningTask] = {}
         self._lock = threading.Lock()
-        self._closing = False
+        self._detached = False
         work_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ hooks from patched moto
@@ -287,6 +287,7 @@ class FargateAgent:
                 self._finish(running, launch, stop_code="TaskFailedToStart", reason=f"CannotStartContainerError: {exc}")
                 return
             running.process = process
+            task.local_process_group = process.pid  # lets a restarted agent find what this one left running
             limits.started(process.pid)
             task.started_at = _now()
             task._status = "RUNNING"
@@ -413,6 +414,12 @@ class FargateAgent:
 
     # ------------------------------------------------------------------ orphans and shutdown
 
+    def detach(self) -> None:
+        """Stop managing tasks without touching them, as a crashed agent would (the next agent settles them)."""
+        self._detached = True
+        with self._lock:
+            self._running.clear()
+
     def settle_orphans(self, backend: Any) -> int:
         """Tasks the emulator still shows as not stopped, with no process of this agent behind them (an agent
         restart): settle them as stopped, so their tasks get a final status and metering."""
@@ -423,7 +430,10 @@ class FargateAgent:
                     ours = arn in self._running
                 if ours or task._status == "STOPPED":
                     continue
-                started = task.started_at is not None
+                group = getattr(task, "local_process_group", None)
+                if group:
+                    self._kill_group(group)
+                started = getattr(task, "started_at", None) is not None
                 if started:
                     for container in task.containers:
                         container.reason = "Task orphaned: the local agent restarted"

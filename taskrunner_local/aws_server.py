@@ -23,8 +23,9 @@ def prepare_environment(config: LocalConfig) -> None:
     os.environ["AWS_DEFAULT_REGION"] = config.region
     os.environ["AWS_REGION"] = config.region
     os.environ.pop("AWS_PROFILE", None)
-    # MOTO_ALLOW_NONEXISTENT_REGION etc. are not needed; quiet moto's request log.
+    # Quiet moto's request log, and its interpreter's reports of errors that the state machine catches.
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    logging.getLogger("moto.stepfunctions.parser").setLevel(logging.CRITICAL)
 
 
 class AwsServer:

@@ -26,7 +26,9 @@ def _check_port(host: str, port: int, what: str) -> None:
         try:
             probe.bind((host, port))
         except OSError:
-            sys.exit(f"error: port {port} for the {what} is in use; set {'TASKRUNNER_API_PORT' if what == 'API' else 'TASKRUNNER_AWS_PORT'} to another port")
+            sys.exit(
+                f"error: port {port} for the {what} is in use; set {'TASKRUNNER_API_PORT' if what == 'API' else 'TASKRUNNER_AWS_PORT'} to another port"
+            )
 
 
 def banner(stack: LocalStack) -> str:

@@ -43,8 +43,14 @@ class TaskRunnerClient:
             if not token or not page["events"]:
                 return lines
 
-    def wait(self, task_id: str, statuses: set[str] = TERMINAL, timeout: float = 120.0,
-             metered: bool = True, interval: float = 0.1) -> dict[str, Any]:
+    def wait(
+        self,
+        task_id: str,
+        statuses: set[str] = TERMINAL,
+        timeout: float = 120.0,
+        metered: bool = True,
+        interval: float = 0.1,
+    ) -> dict[str, Any]:
         """Poll until the task reaches one of `statuses` (and, when terminal, carries its metering)."""
         deadline = time.monotonic() + timeout
         while True:

@@ -113,8 +113,9 @@ class Gateway:
         except (BrokenPipeError, ConnectionResetError):
             pass
         except Exception:  # the gateway answers, whatever happened behind it
-            self._send(request, 500, {"content-type": "application/json"}, b'{"message":"Internal Server Error"}',
-                       request_id)
+            self._send(
+                request, 500, {"content-type": "application/json"}, b'{"message":"Internal Server Error"}', request_id
+            )
 
     def _handle(self, request: BaseHTTPRequestHandler, request_id: str) -> None:
         length = int(request.headers.get("content-length") or 0)

@@ -52,18 +52,8 @@ class LocalStack:
                 concurrency=config.lambda_concurrency,
                 echo_logs=config.echo_function_logs,
             )
-            self.agent = FargateAgent(
-                self.session,
-                work_dir=self._work_dir / "tasks",
-                stop_timeout_seconds=config.stop_timeout_seconds,
-                max_running_tasks=config.max_running_tasks,
-                region=config.region,
-                on_log=lambda line: print(f"[agent] {line}", flush=True),
-            )
             moto_patches.HOOKS.invoke_lambda = self.runtime.invoke_payload
-            moto_patches.HOOKS.on_run_task = self.agent.on_run_task
-            moto_patches.HOOKS.on_stop_task = self.agent.on_stop_task
-            self.agent.settle_orphans(self.ecs_backend())
+            self._start_agent()
             self.runtime.warm()
             self.gateway = Gateway(
                 app.http_routes(),
@@ -78,6 +68,29 @@ class LocalStack:
             self.stop()
             raise
         return self
+
+    def _start_agent(self) -> None:
+        assert self.session is not None and self._work_dir is not None
+        config = self.config
+        self.agent = FargateAgent(
+            self.session,
+            work_dir=self._work_dir / "tasks",
+            stop_timeout_seconds=config.stop_timeout_seconds,
+            max_running_tasks=config.max_running_tasks,
+            region=config.region,
+            on_log=lambda line: print(f"[agent] {line}", flush=True),
+        )
+        moto_patches.HOOKS.on_run_task = self.agent.on_run_task
+        moto_patches.HOOKS.on_stop_task = self.agent.on_stop_task
+        settled = self.agent.settle_orphans(self.ecs_backend())
+        if settled:
+            print(f"[agent] settled {settled} orphaned task(s)", flush=True)
+
+    def restart_agent(self) -> None:
+        """Replace the Fargate agent as if it had crashed and restarted: the new one settles the orphans."""
+        assert self.agent is not None
+        self.agent.detach()
+        self._start_agent()
 
     def stop(self) -> None:
         if self.gateway is not None:
