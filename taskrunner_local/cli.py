@@ -21,14 +21,12 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _check_port(host: str, port: int, what: str) -> None:
+def _check_port(host: str, port: int, variable: str) -> None:
     with socket.socket() as probe:
         try:
             probe.bind((host, port))
         except OSError:
-            sys.exit(
-                f"error: port {port} for the {what} is in use; set {'TASKRUNNER_API_PORT' if what == 'API' else 'TASKRUNNER_AWS_PORT'} to another port"
-            )
+            sys.exit(f"error: port {port} is in use; set {variable} to another port")
 
 
 def banner(stack: LocalStack) -> str:
@@ -37,6 +35,8 @@ def banner(stack: LocalStack) -> str:
     endpoint = stack.aws_endpoint
     api = stack.api_url
     port = stack.config.api_port
+    region = stack.config.region
+    table = deployment.outputs.get("TasksTableName")
     return f"""
 taskrunner is up (stack {deployment.stack_name}, everything on this machine)
 
@@ -49,9 +49,10 @@ Run a task:
   curl localhost:{port}/tasks/<task_id>/logs
 
 Point the AWS CLI or boto3 at the endpoint (any credentials work):
-  export AWS_ENDPOINT_URL={endpoint} AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION={stack.config.region}
+  export AWS_ENDPOINT_URL={endpoint} AWS_DEFAULT_REGION={region}
+  export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
   aws stepfunctions list-executions --state-machine-arn {deployment.state_machine_arn}
-  python -c 'import boto3; print(boto3.client("dynamodb").scan(TableName="{deployment.outputs.get("TasksTableName")}")["Count"])'
+  python -c 'import boto3; print(boto3.client("dynamodb").describe_table(TableName="{table}")["Table"]["ItemCount"])'
 
   state machine  {deployment.state_machine_arn}
   cluster        {deployment.outputs.get("ClusterName")}
@@ -63,8 +64,8 @@ Ctrl-C stops everything.
 
 
 def up(config: LocalConfig) -> int:
-    _check_port(config.host, config.api_port, "API")
-    _check_port(config.host, config.aws_port, "AWS endpoint")
+    _check_port(config.host, config.api_port, "TASKRUNNER_API_PORT")
+    _check_port(config.host, config.aws_port, "TASKRUNNER_AWS_PORT")
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())

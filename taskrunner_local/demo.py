@@ -44,7 +44,8 @@ def demo(config: LocalConfig) -> int:
         tasks = {name: client.wait(task_id) for name, task_id in ids.items()}
 
         print()
-        header = f"{'task':<11} {'task id':<27} {'status':<10} {'exit':>4} {'stop code':<25} {'billed s':>8} {'cost USD':>12}"
+        columns = ("task", "task id", "status", "exit", "stop code", "billed s", "cost USD")
+        header = "{:<11} {:<27} {:<10} {:>4} {:<25} {:>8} {:>12}".format(*columns)
         print(header)
         print("-" * len(header))
         for name, task in tasks.items():
