@@ -46,7 +46,8 @@ test: venv sam-cli ## run lint, type checks and every test (unit, integration, t
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -p no:cacheprovider
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -p no:cacheprovider --ignore=tests/e2e
+	$(BIN)/python -m pytest -p no:cacheprovider tests/e2e  # its own process: the local stack patches moto
 
 test-fast: venv ## unit and integration tests only
 	$(BIN)/python -m pytest tests/unit tests/integration -q

@@ -114,12 +114,12 @@ class _LogShipper:
             try:
                 item = self.lines.get(timeout=timeout)
             except queue.Empty:
-                item = ...
-            if item is None:
-                self._put(batch)
-                return
-            if item is not ...:
-                stamp, text = item  # type: ignore[misc]
+                pass
+            else:
+                if item is None:
+                    self._put(batch)
+                    return
+                stamp, text = item
                 batch.append({"timestamp": stamp, "message": text})
             if len(batch) >= LOG_BATCH_EVENTS or time.monotonic() >= deadline:
                 self._put(batch)
@@ -196,7 +196,7 @@ class FargateAgent:
         containers = [_camel(c) for c in definition.container_definitions]
         container = next((c for c in containers if c.get("essential", True)), containers[0])
         overrides = _camel(task.overrides or {})
-        container_override = next(
+        container_override: dict[str, Any] = next(
             (o for o in overrides.get("containerOverrides", []) if o.get("name") == container.get("name")), {}
         )
         command = container_override.get("command") or container.get("command")
@@ -303,6 +303,8 @@ class FargateAgent:
             for reader in readers:
                 reader.start()
             returncode = process.wait()
+            if self._detached:
+                return
             task.execution_stopped_at = _now()
             self._kill_group(process.pid)  # leave no process behind
             for reader in readers:
@@ -364,6 +366,8 @@ class FargateAgent:
         shipper: _LogShipper | None = None,
     ) -> None:
         task = running.task
+        if self._detached:  # a replaced agent leaves its tasks to the one that replaced it
+            return
         now = _now()
         task.stopping_at = task.stopping_at or running.stop_requested_at or now
         task.execution_stopped_at = task.execution_stopped_at or now

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import boto3
 import requests
@@ -31,7 +32,7 @@ def prepare_environment(config: LocalConfig) -> None:
 class AwsServer:
     def __init__(self, config: LocalConfig) -> None:
         self.config = config
-        self._server = None
+        self._server: Any = None
 
     def start(self) -> None:
         from moto.moto_server.threaded_moto_server import ThreadedMotoServer

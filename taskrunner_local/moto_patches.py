@@ -94,7 +94,10 @@ def _patch_sfn_normalisation() -> list[tuple[Any, str, Any]]:
     )
 
     def _normalise_parameters(
-        self: Any, parameters: dict, boto_service_name: str | None = None, service_action_name: str | None = None
+        self: Any,
+        parameters: dict[str, Any],
+        boto_service_name: str | None = None,
+        service_action_name: str | None = None,
     ) -> None:
         operation = _operation_model(
             self._get_boto_service_name(boto_service_name), self._get_boto_service_action(service_action_name)
@@ -156,7 +159,7 @@ def _task_failed(env: Any, service: Any, cause: str) -> Exception:
             env=env,
             error_name=StatesErrorName(typ=StatesErrorNameType.StatesTaskFailed),
             event_type=HistoryEventType.TaskFailed,
-            event_details=EventDetails(
+            event_details=EventDetails(  # type: ignore[typeddict-item]
                 taskFailedEventDetails=TaskFailedEventDetails(
                     error=StatesErrorNameType.StatesTaskFailed.to_name(),
                     cause=cause,
@@ -169,14 +172,11 @@ def _task_failed(env: Any, service: Any, cause: str) -> Exception:
 
 
 def ecs_task_failed(description: dict[str, Any], essential: set[str]) -> bool:
-    """How AWS decides a runTask.sync failed: the task failed to start, or an essential container exited
-    with a non-zero code."""
+    """How AWS decides a runTask.sync failed: the task failed to start, or an essential container did not exit
+    with code 0."""
     if description.get("stopCode") == "TaskFailedToStart":
         return True
-    for container in description.get("containers", []):
-        if container.get("name") in essential and container.get("exitCode") not in (0, None):
-            return True
-    return any(c.get("name") in essential and c.get("exitCode") is None for c in description.get("containers", []))
+    return any(c.get("name") in essential and c.get("exitCode") != 0 for c in description.get("containers", []))
 
 
 def _patch_sfn_ecs_sync() -> list[tuple[Any, str, Any]]:
@@ -186,7 +186,7 @@ def _patch_sfn_ecs_sync() -> list[tuple[Any, str, Any]]:
     from moto.stepfunctions.parser.asl.utils.boto_client import boto_client_for
 
     def _build_sync_resolver(
-        self: Any, env: Any, resource_runtime_part: Any, normalised_parameters: dict, state_credentials: Any
+        self: Any, env: Any, resource_runtime_part: Any, normalised_parameters: dict[str, Any], state_credentials: Any
     ) -> Callable[[], Any]:
         ecs = boto_client_for(service="ecs", region=resource_runtime_part.region, state_credentials=state_credentials)
         submission = env.stack.pop()
@@ -194,7 +194,7 @@ def _patch_sfn_ecs_sync() -> list[tuple[Any, str, Any]]:
         cluster_arn = submission["Tasks"][0]["ClusterArn"]
         essential: set[str] | None = None
 
-        def _sync_resolver() -> dict | None:
+        def _sync_resolver() -> dict[str, Any] | None:
             nonlocal essential
             described = ecs.describe_tasks(cluster=cluster_arn, tasks=[task_arn])
             task = described["tasks"][0]
@@ -203,10 +203,11 @@ def _patch_sfn_ecs_sync() -> list[tuple[Any, str, Any]]:
             if essential is None:
                 definition = ecs.describe_task_definition(taskDefinition=task["taskDefinitionArn"])["taskDefinition"]
                 essential = {c["name"] for c in definition["containerDefinitions"] if c.get("essential", True)}
+            failed = ecs_task_failed(task, essential)  # before normalising, which renames keys in place
             described.pop("ResponseMetadata", None)
             self._normalise_response(response=described, service_action_name="describe_tasks")
-            pascal = _epoch_millis(described["Tasks"][0])
-            if ecs_task_failed(task, essential):
+            pascal: dict[str, Any] = _epoch_millis(described["Tasks"][0])
+            if failed:
                 raise _task_failed(env, self, json.dumps(pascal, separators=(",", ":")))
             return pascal
 
@@ -288,13 +289,13 @@ def _patch_ecs_task_lifecycle() -> list[tuple[Any, str, Any]]:
         now = datetime.now(UTC)
         for task in tasks:
             task._status = "PROVISIONING"
-            task.created_at = now
+            setattr(task, "created_at", now)  # noqa: B010 - moto's Task has no such attribute of its own
             for attribute in TASK_LIFECYCLE_ATTRIBUTES:
                 if not hasattr(task, attribute):
                     setattr(task, attribute, None)
             for container in task.containers:
-                container.exitCode = None
-                container.reason = None
+                container.exitCode = None  # type: ignore[assignment]
+                setattr(container, "reason", None)  # noqa: B010
                 container.last_status = "PENDING"
         if HOOKS.on_run_task is not None:
             HOOKS.on_run_task(self, tasks)
@@ -353,7 +354,7 @@ def _patch_events_lambda_targets() -> list[tuple[Any, str, Any]]:
     """moto's EventBridge rules deliver to logs, SQS and buses, not to Lambda functions."""
     import copy
 
-    from moto.events.models import EventTemplateParser, Rule
+    from moto.events.models import EventTemplateParser, Rule  # type: ignore[attr-defined]
     from moto.utilities.arns import parse_arn
 
     original = Rule.send_to_targets

@@ -105,6 +105,7 @@ class LocalStack:
         moto_patches.HOOKS.on_run_task = None
         moto_patches.HOOKS.on_stop_task = None
         self.aws.stop()
+        moto_patches.revert_all()
         if self._own_work_dir and self._work_dir is not None:
             shutil.rmtree(self._work_dir, ignore_errors=True)
             self._work_dir = None

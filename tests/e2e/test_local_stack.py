@@ -109,12 +109,22 @@ def test_the_execution_is_named_by_the_task_id_and_runs_ecs_run_task_sync(
     assert entered[-3:] == ["MarkProvisioning", "RunTask", "Finalize"]
 
 
-def test_a_non_zero_exit_is_failed_with_that_exit_code(api: TaskRunnerClient) -> None:
+def test_a_non_zero_exit_is_failed_with_that_exit_code(stack: LocalStack, api: TaskRunnerClient) -> None:
     task = api.wait(api.submit(shell("echo failing >&2; exit 7"))["task_id"])
     assert task["status"] == "FAILED" and task["exit_code"] == 7
     assert task["stop_code"] == "EssentialContainerExited"
     assert task["metering"]["billed_seconds"] == 60
     assert api.logs(task["task_id"]) == ["failing"]
+    # the workflow saw it fail the way AWS reports it: States.TaskFailed, caught into FinalizeTaskFailed
+    sfn = stack.client("stepfunctions")
+    assert wait_until(lambda: sfn.describe_execution(executionArn=task["execution_arn"])["status"] == "SUCCEEDED")
+    history = sfn.get_execution_history(executionArn=task["execution_arn"])["events"]
+    failures = [e["taskFailedEventDetails"] for e in history if e["type"] == "TaskFailed"]
+    assert any(
+        f["error"] == "States.TaskFailed" and json.loads(f["cause"])["Containers"][0]["ExitCode"] == 7 for f in failures
+    )
+    entered = [e["stateEnteredEventDetails"]["name"] for e in history if e["type"].endswith("StateEntered")]
+    assert entered[-1] == "FinalizeTaskFailed"
 
 
 def test_a_command_that_cannot_start_fails_to_start(api: TaskRunnerClient) -> None:

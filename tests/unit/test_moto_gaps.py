@@ -1,0 +1,239 @@
+"""Each moto patch of the local stack, shown against the gap it closes (taskrunner_local/moto_patches.py).
+
+Every test runs the same scenario with the patch reverted (the gap shows) and applied (AWS's behaviour). When
+a test's "reverted" half starts failing, moto has fixed the gap and the patch can go.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any
+from unittest.mock import MagicMock
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from taskrunner_local import moto_patches
+from taskrunner_local.moto_patches import HOOKS, patch_named
+
+REGION = "us-east-1"
+
+
+@contextmanager
+def patch_state(name: str, applied: bool) -> Iterator[None]:
+    patch = patch_named(name)
+    was_applied = patch.applied
+    patch.apply() if applied else patch.revert()
+    try:
+        yield
+    finally:
+        patch.apply() if was_applied else patch.revert()
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for key, value in {"AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        yield
+
+
+def ecs_service(api_action: str) -> Any:
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_ecs import (
+        StateTaskServiceEcs,
+    )
+
+    service = StateTaskServiceEcs.__new__(StateTaskServiceEcs)
+    service.resource = SimpleNamespace(
+        api_name="ecs", api_action=api_action, resource_arn=f"arn:aws:states:::ecs:{api_action}"
+    )
+    return service
+
+
+def fargate_task(ecs: Any, family: str = "f", container: dict[str, Any] | None = None) -> dict[str, Any]:
+    subnet = boto3.client("ec2").describe_subnets()["Subnets"][0]["SubnetId"]
+    ecs.create_cluster(clusterName="c")
+    ecs.register_task_definition(
+        family=family,
+        networkMode="awsvpc",
+        requiresCompatibilities=["FARGATE"],
+        cpu="256",
+        memory="512",
+        containerDefinitions=[container or {"name": "main", "image": "busybox", "essential": True, "memory": 512}],
+    )
+    network = {"awsvpcConfiguration": {"subnets": [subnet], "securityGroups": []}}
+    return ecs.run_task(cluster="c", taskDefinition=family, launchType="FARGATE", networkConfiguration=network)[  # type: ignore[no-any-return]
+        "tasks"
+    ][0]
+
+
+@pytest.mark.parametrize("applied", [False, True])
+def test_task_parameters_are_translated_from_asl_pascal_case_to_boto3(applied: bool) -> None:
+    with patch_state("sfn-normalise-parameters", applied):
+        parameters = {"Cluster": "c", "TaskDefinition": "t", "Overrides": {"ContainerOverrides": [{"Name": "main"}]}}
+        ecs_service("runTask")._normalise_parameters(parameters)
+        response = {"tasks": [{"taskArn": "arn", "containers": [{"exitCode": 0}]}]}
+        ecs_service("runTask")._normalise_response(response, service_action_name="describe_tasks")
+    if applied:
+        assert parameters == {
+            "cluster": "c",
+            "taskDefinition": "t",
+            "overrides": {"containerOverrides": [{"name": "main"}]},
+        }
+        assert response == {"Tasks": [{"TaskArn": "arn", "Containers": [{"ExitCode": 0}]}]}
+    else:
+        assert "Cluster" in parameters and "tasks" in response  # the gap: nothing is translated
+
+
+@pytest.mark.parametrize("applied", [False, True])
+def test_run_task_keeps_capacity_provider_strategy_and_tags(applied: bool) -> None:
+    with patch_state("sfn-ecs-run-task-parameters", applied):
+        supported = ecs_service("runTask")._get_supported_parameters()
+    assert ({"CapacityProviderStrategy", "Tags", "EnableECSManagedTags"} <= supported) is applied
+
+
+@pytest.mark.parametrize("applied", [False, True])
+def test_fargate_task_definitions_need_no_container_memory(aws: None, applied: bool) -> None:
+    with patch_state("ecs-fargate-container-memory", applied):
+        ecs = boto3.client("ecs")
+        run = lambda: fargate_task(ecs, container={"name": "main", "image": "busybox", "essential": True})  # noqa: E731
+        if applied:
+            assert run()["taskArn"]
+        else:
+            with pytest.raises(TypeError):
+                run()
+
+
+@pytest.mark.parametrize("applied", [False, True])
+def test_ecs_tasks_follow_a_lifecycle_the_agent_owns(aws: None, applied: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[Any] = []
+    monkeypatch.setattr(HOOKS, "on_run_task", lambda backend, tasks: seen.extend(tasks))
+    with patch_state("ecs-task-lifecycle", applied):
+        ecs = boto3.client("ecs")
+        task = fargate_task(ecs)
+        if applied:
+            assert task["lastStatus"] == "PROVISIONING" and [t.task_arn for t in seen] == [task["taskArn"]]
+            with pytest.raises(ClientError) as unknown:
+                ecs.stop_task(cluster="c", task="arn:aws:ecs:us-east-1:123456789012:task/c/nope")
+            assert unknown.value.response["Error"]["Code"] == "InvalidParameterException"
+        else:
+            assert task["lastStatus"] == "RUNNING" and seen == []
+            boto3.client("ecs").stop_task(cluster="c", task=task["taskArn"])
+            with pytest.raises(Exception, match="Could not find task"):
+                ecs.stop_task(cluster="c", task="arn:aws:ecs:us-east-1:123456789012:task/c/nope")
+
+
+def _stopped_task_resolver(ecs: Any, exit_code: int) -> tuple[Any, Any]:
+    task = fargate_task(ecs)
+    from moto.ecs.models import ecs_backends
+
+    [stored] = [t for tasks in ecs_backends["123456789012"][REGION].tasks.values() for t in tasks.values()]
+    stored.containers[0].exitCode = exit_code
+    stored._status = "STOPPED"
+    service = ecs_service("runTask")
+    service._get_sfn_resource = lambda: "runTask.sync"
+    service._get_sfn_resource_type = lambda: "ecs"
+    env = MagicMock(name="Environment")  # the interpreter's execution environment; only its stack matters here
+    env.stack = [{"Tasks": [{"TaskArn": task["taskArn"], "ClusterArn": task["clusterArn"]}]}]
+    resolver = service._build_sync_resolver(env, SimpleNamespace(region=REGION), {}, None)
+    return resolver, env
+
+
+@pytest.mark.parametrize("applied", [False, True])
+def test_run_task_sync_fails_like_aws_on_a_non_zero_exit(aws: None, applied: bool) -> None:
+    from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import FailureEventException
+
+    with (
+        patch_state("ecs-task-lifecycle", True),
+        patch_state("sfn-normalise-parameters", True),
+        patch_state("sfn-ecs-sync-failure", applied),
+    ):
+        resolver, env = _stopped_task_resolver(boto3.client("ecs"), exit_code=3)
+        if not applied:
+            assert resolver()["Containers"][0]["ExitCode"] == 3  # the gap: reported as a success
+            return
+        with pytest.raises(FailureEventException) as failure:
+            resolver()
+    details = failure.value.failure_event.event_details["taskFailedEventDetails"]
+    assert details["error"] == "States.TaskFailed"
+    cause = json.loads(details["cause"])
+    assert cause["Containers"][0]["ExitCode"] == 3 and cause["TaskArn"].startswith("arn:aws:ecs:")
+
+
+def test_run_task_sync_succeeds_on_exit_zero_with_epoch_millisecond_timestamps(aws: None) -> None:
+    with (
+        patch_state("ecs-task-lifecycle", True),
+        patch_state("sfn-normalise-parameters", True),
+        patch_state("sfn-ecs-sync-failure", True),
+    ):
+        resolver, _ = _stopped_task_resolver(boto3.client("ecs"), exit_code=0)
+        output = resolver()
+    assert output["LastStatus"] == "STOPPED" and isinstance(output["CreatedAt"], int)
+
+
+@pytest.mark.parametrize("applied", [False, True])
+def test_lambda_functions_run_without_docker(aws: None, applied: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, bytes, str]] = []
+    monkeypatch.setattr(
+        HOOKS, "invoke_lambda", lambda name, payload, kind: calls.append((name, payload, kind)) or (b'{"ok": 1}', None)
+    )
+    role = boto3.client("iam").create_role(RoleName="r", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    boto3.client("lambda").create_function(
+        FunctionName="fn",
+        Runtime="python3.13",
+        Role=role,
+        Handler="app.handler",
+        Code={"ZipFile": b"PK\x05\x06" + b"\x00" * 18},
+    )
+    with patch_state("lambda-invoke-local", applied):
+        if applied:
+            response = boto3.client("lambda").invoke(FunctionName="fn", Payload=b'{"a": 1}')
+            assert json.loads(response["Payload"].read()) == {"ok": 1} and calls == [
+                ("fn", b'{"a": 1}', "RequestResponse")
+            ]
+        else:
+            response = boto3.client("lambda").invoke(FunctionName="fn", Payload=b'{"a": 1}')
+            assert calls == []  # the gap: moto tries Docker, which is not there, and never runs the handler
+            assert response["Payload"].read() != b'{"ok": 1}'
+
+
+@pytest.mark.parametrize("applied", [False, True])
+def test_eventbridge_rules_deliver_to_lambda_targets(aws: None, applied: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, dict[str, Any], str]] = []
+    monkeypatch.setattr(
+        HOOKS,
+        "invoke_lambda",
+        lambda name, payload, kind: calls.append((name, json.loads(payload), kind)) or (b"", None),
+    )
+    events = boto3.client("events")
+    events.put_rule(Name="r", EventPattern=json.dumps({"source": ["aws.ecs"]}))
+    events.put_targets(Rule="r", Targets=[{"Id": "1", "Arn": "arn:aws:lambda:us-east-1:123456789012:function:fn"}])
+    entry = {
+        "Source": "aws.ecs",
+        "DetailType": "ECS Task State Change",
+        "Detail": json.dumps({"lastStatus": "RUNNING"}),
+    }
+    with patch_state("events-lambda-targets", applied):
+        if applied:
+            events.put_events(Entries=[entry])
+            [(name, event, kind)] = calls
+            assert name == "fn" and kind == "Event" and event["detail"] == {"lastStatus": "RUNNING"}
+        else:
+            with pytest.raises(Exception):  # noqa: B017 - moto raises NotImplementedError for a Lambda target
+                events.put_events(Entries=[entry])
+
+
+def test_every_patch_reverts_cleanly() -> None:
+    before = {p.name: p.applied for p in moto_patches.PATCHES}
+    moto_patches.apply_all()
+    moto_patches.revert_all()
+    assert not any(p.applied for p in moto_patches.PATCHES)
+    for patch in moto_patches.PATCHES:
+        if before[patch.name]:
+            patch.apply()
