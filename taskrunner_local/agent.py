@@ -11,7 +11,6 @@ runs on the host, in a fresh working directory.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import shutil
@@ -26,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from taskrunner_local.aws_inside import AwsInside
 from taskrunner_local.limits import LimitsFactory
 
 LOG_FLUSH_SECONDS = 0.2
@@ -77,8 +77,8 @@ class _RunningTask:
 class _LogShipper:
     """Ships one task's output to its awslogs stream, line by line, in order, in batches."""
 
-    def __init__(self, logs: Any, group: str | None, stream: str | None) -> None:
-        self.logs = logs
+    def __init__(self, aws: AwsInside, group: str | None, stream: str | None) -> None:
+        self.aws = aws
         self.group = group
         self.stream = stream
         self.lines: queue.Queue[tuple[int, str] | None] = queue.Queue()
@@ -86,13 +86,7 @@ class _LogShipper:
         self._lock = threading.Lock()
         self.lost = 0
         if group and stream:
-            try:
-                self.logs.create_log_stream(logGroupName=group, logStreamName=stream)
-            except self.logs.exceptions.ResourceAlreadyExistsException:
-                pass
-            except self.logs.exceptions.ResourceNotFoundException:
-                self.logs.create_log_group(logGroupName=group)
-                self.logs.create_log_stream(logGroupName=group, logStreamName=stream)
+            aws.create_log_stream(group, stream)
         self._thread = threading.Thread(target=self._ship, daemon=True, name=f"logs-{stream}")
         self._thread.start()
 
@@ -131,7 +125,7 @@ class _LogShipper:
             return
         for attempt in range(5):
             try:
-                self.logs.put_log_events(logGroupName=self.group, logStreamName=self.stream, logEvents=batch)
+                self.aws.put_log_events(self.group, self.stream, batch)
                 return
             except Exception:  # keep the lines; the endpoint may be busy
                 time.sleep(0.1 * (attempt + 1))
@@ -141,7 +135,7 @@ class _LogShipper:
 class FargateAgent:
     def __init__(
         self,
-        session: Any,
+        aws: AwsInside,
         *,
         work_dir: Path,
         stop_timeout_seconds: float = 30.0,
@@ -149,9 +143,7 @@ class FargateAgent:
         region: str = "us-east-1",
         on_log: Callable[[str], None] | None = None,
     ) -> None:
-        self.ecs = session.client("ecs")
-        self.logs = session.client("logs")
-        self.events = session.client("events")
+        self.aws = aws
         self.work_dir = work_dir
         self.default_stop_timeout = stop_timeout_seconds
         self.region = region
@@ -260,7 +252,7 @@ class FargateAgent:
             return
         workdir = Path(tempfile.mkdtemp(prefix=f"task-{task.id}-", dir=self.work_dir))
         limits = self.limits.for_task(task.id, launch.memory_mib * 1024 * 1024, launch.cpu_units / 1024)
-        shipper = _LogShipper(self.logs, launch.log_group, launch.log_stream)
+        shipper = _LogShipper(self.aws, launch.log_group, launch.log_stream)
         environment = {k: os.environ[k] for k in PASSED_HOST_VARIABLES if k in os.environ}
         environment.update(
             HOME=str(workdir),
@@ -399,22 +391,11 @@ class FargateAgent:
     def _emit(self, task: Any) -> None:
         """An "ECS Task State Change" event, shaped as AWS sends it, to the default event bus."""
         try:
-            described = self.ecs.describe_tasks(cluster=task.cluster_arn, tasks=[task.task_arn])["tasks"][0]
-            detail = json.loads(json.dumps(described, default=_iso))
+            detail = self.aws.describe_task(task)
             detail["updatedAt"] = _iso(_now())
-            self.events.put_events(
-                Entries=[
-                    {
-                        "Source": "aws.ecs",
-                        "DetailType": "ECS Task State Change",
-                        "Detail": json.dumps(detail),
-                        "Resources": [task.task_arn],
-                        "Time": _now(),
-                    }
-                ]
-            )
+            self.aws.put_event("aws.ecs", "ECS Task State Change", detail, [task.task_arn])
         except Exception as exc:  # the event path is a safety net; the workflow still finishes the task
-            self.on_log(f"could not emit the state change of {task.task_arn}: {exc}")
+            self.on_log(f"could not emit the state change of {task.task_arn}: {exc!r}")
 
     # ------------------------------------------------------------------ orphans and shutdown
 

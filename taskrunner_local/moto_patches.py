@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 #: (function name, payload, invocation type) -> (response payload, error type or None)
@@ -179,30 +179,50 @@ def ecs_task_failed(description: dict[str, Any], essential: set[str]) -> bool:
     return any(c.get("name") in essential and c.get("exitCode") != 0 for c in description.get("containers", []))
 
 
+_essential_containers: dict[str, set[str]] = {}
+
+
+def _ecs_task_stopped(task_arn: str) -> bool:
+    """Whether moto's ECS holds this task as STOPPED, read without an API call (true when unknown)."""
+    from moto.ecs.models import ecs_backends
+
+    _, _, _, region, account, _ = task_arn.split(":", 5)
+    for tasks in ecs_backends[account][region].tasks.values():
+        task = tasks.get(task_arn)
+        if task is not None:
+            return bool(task.last_status == "STOPPED")
+    return True
+
+
 def _patch_sfn_ecs_sync() -> list[tuple[Any, str, Any]]:
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service_ecs
     from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_ecs import (
         StateTaskServiceEcs,
     )
-    from moto.stepfunctions.parser.asl.utils.boto_client import boto_client_for
 
     def _build_sync_resolver(
         self: Any, env: Any, resource_runtime_part: Any, normalised_parameters: dict[str, Any], state_credentials: Any
     ) -> Callable[[], Any]:
-        ecs = boto_client_for(service="ecs", region=resource_runtime_part.region, state_credentials=state_credentials)
+        ecs = state_task_service_ecs.boto_client_for(
+            service="ecs", region=resource_runtime_part.region, state_credentials=state_credentials
+        )
         submission = env.stack.pop()
         task_arn = submission["Tasks"][0]["TaskArn"]
         cluster_arn = submission["Tasks"][0]["ClusterArn"]
-        essential: set[str] | None = None
 
         def _sync_resolver() -> dict[str, Any] | None:
-            nonlocal essential
+            if not _ecs_task_stopped(task_arn):  # a cheap look in-process; the API call once it has stopped
+                return None
             described = ecs.describe_tasks(cluster=cluster_arn, tasks=[task_arn])
             task = described["tasks"][0]
             if task["lastStatus"] != "STOPPED":
                 return None
-            if essential is None:
-                definition = ecs.describe_task_definition(taskDefinition=task["taskDefinitionArn"])["taskDefinition"]
+            definition_arn = task["taskDefinitionArn"]
+            essential = _essential_containers.get(definition_arn)
+            if essential is None:  # a task definition revision never changes: ask once
+                definition = ecs.describe_task_definition(taskDefinition=definition_arn)["taskDefinition"]
                 essential = {c["name"] for c in definition["containerDefinitions"] if c.get("essential", True)}
+                _essential_containers[definition_arn] = essential
             failed = ecs_task_failed(task, essential)  # before normalising, which renames keys in place
             described.pop("ResponseMetadata", None)
             self._normalise_response(response=described, service_action_name="describe_tasks")
@@ -214,6 +234,84 @@ def _patch_sfn_ecs_sync() -> list[tuple[Any, str, Any]]:
         return _sync_resolver
 
     return [_replace(StateTaskServiceEcs, "_build_sync_resolver", _build_sync_resolver)]
+
+
+def _patch_sfn_parse_cache() -> list[tuple[Any, str, Any]]:
+    """Every execution parses its state machine's definition again with ANTLR (about 80 ms of CPU for ours),
+    which alone caps a local stack near ten executions per second. The parse tree depends only on the text:
+    keep it, and build the evaluation components afresh for each execution as before."""
+    from moto.stepfunctions.parser.asl.parse import asl_parser
+
+    parser_cls = asl_parser.AmazonStateLanguageParser
+    trees: dict[str, Any] = {}
+    lock = threading.Lock()
+
+    def parse(definition: str) -> tuple[Any, Any]:
+        with lock:
+            tree = trees.get(definition)
+        if tree is None:
+            listener = asl_parser.SyntaxErrorListener()
+            parser = asl_parser.ASLParser(
+                asl_parser.CommonTokenStream(asl_parser.ASLLexer(asl_parser.InputStream(definition)))
+            )
+            parser.removeErrorListeners()
+            parser.addErrorListener(listener)
+            tree = parser.state_machine()
+            if listener.errors:
+                raise asl_parser.ASLParserException(errors=listener.errors)
+            with lock:
+                if len(trees) > 64:
+                    trees.clear()
+                trees[definition] = tree
+        return asl_parser.Preprocessor().visit(tree), tree
+
+    return [_replace(parser_cls, "parse", staticmethod(parse))]
+
+
+def _patch_sfn_json_path_cache() -> list[tuple[Any, str, Any]]:
+    """Every JSONPath evaluation builds a new jsonpath-ng parser (yacc tables and all), about 0.4 ms of CPU,
+    some fifty times per execution. Parsed paths are immutable: keep them."""
+    from moto.stepfunctions.parser.asl.utils import json_path
+
+    cached = lru_cache(maxsize=4096)(json_path.parse)
+    return [_replace(json_path.__dict__, "parse", cached)]
+
+
+_MODULES_USING_BOTO_CLIENT_FOR = (
+    "moto.stepfunctions.parser.asl.utils.boto_client",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.lambda_eval_utils",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_dynamodb",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_ecs",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_events",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_sfn",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_sns",
+    "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_sqs",
+)
+
+
+def _patch_sfn_client_reuse() -> list[tuple[Any, str, Any]]:
+    """Every Task state builds new boto3 clients (tens of milliseconds of CPU each, several per task), which
+    caps a local stack at a few tasks per second. boto3 clients are thread-safe: build one per service."""
+    import importlib
+
+    from moto.stepfunctions.parser.asl.utils import boto_client
+
+    original = boto_client.boto_client_for
+    clients: dict[tuple[str, str], Any] = {}
+    lock = threading.Lock()
+
+    def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
+        key = (region, service)
+        with lock:
+            if key not in clients:
+                clients[key] = original(region=region, service=service, state_credentials=state_credentials)
+            return clients[key]
+
+    return [
+        _replace(importlib.import_module(name).__dict__, "boto_client_for", boto_client_for)
+        for name in _MODULES_USING_BOTO_CLIENT_FOR
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- ECS
@@ -304,10 +402,9 @@ def _patch_ecs_task_lifecycle() -> list[tuple[Any, str, Any]]:
     def stop_task(self: Any, cluster_str: str, task_str: str, reason: str) -> Any:
         cluster = self._get_cluster(cluster_str)
         task_id = task_str.rsplit("/", 1)[-1]
-        with lock:
-            task = next(
-                (t for arn, t in self.tasks.get(cluster.name, {}).items() if arn.rsplit("/", 1)[-1] == task_id), None
-            )
+        task = next(
+            (t for arn, t in self.tasks.get(cluster.name, {}).items() if arn.rsplit("/", 1)[-1] == task_id), None
+        )
         if task is None:
             raise InvalidParameterException("The referenced task was not found.")
         if task.desired_status != "STOPPED":
@@ -319,11 +416,115 @@ def _patch_ecs_task_lifecycle() -> list[tuple[Any, str, Any]]:
                 task._status = "STOPPED"
         return task
 
+    # moto's ECS backend keeps tasks in plain dicts that describe/list iterate while run_task adds to them from
+    # another request thread ("dictionary changed size during iteration", an HTTP 500): one lock per backend.
+    locks: dict[int, threading.RLock] = {}
+
+    def serialized(original: Callable[..., Any]) -> Callable[..., Any]:
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with lock:
+                backend_lock = locks.setdefault(id(self), threading.RLock())
+            with backend_lock:
+                return original(self, *args, **kwargs)
+
+        method.__name__ = original.__name__
+        return method
+
     return [
         _replace(Task, "status", property(status_get, status_set)),
-        _replace(backend_cls, "run_task", run_task),
-        _replace(backend_cls, "stop_task", stop_task),
+        _replace(backend_cls, "run_task", serialized(run_task)),
+        _replace(backend_cls, "stop_task", serialized(stop_task)),
+        _replace(backend_cls, "describe_tasks", serialized(backend_cls.describe_tasks)),
+        _replace(backend_cls, "list_tasks", serialized(backend_cls.list_tasks)),
     ]
+
+
+# ---------------------------------------------------------------------------------------------- DynamoDB
+
+
+def _patch_dynamodb_concurrency() -> list[tuple[Any, str, Any]]:  # noqa: PLR0915 - one patch, kept whole
+    """moto's DynamoDB is not safe under concurrent requests (its server runs each request in a thread):
+    TransactWriteItems deep-copies every table it touches to roll back, which races with other writes
+    ("dictionary changed size during iteration"), throws away concurrent writes when it rolls back, and costs
+    time in proportion to the table's size. Here every operation on a backend is serialized by one lock, and
+    a transaction checks all its conditions before it writes anything, so it needs no table copies."""
+    from moto.dynamodb.comparisons import get_filter_expression
+    from moto.dynamodb.exceptions import MultipleTransactionsException, TransactionCanceledException
+    from moto.dynamodb.models import DynamoDBBackend
+
+    guarded = ("put_item", "update_item", "delete_item", "get_item", "query", "scan")
+    originals = {name: getattr(DynamoDBBackend, name) for name in guarded}
+    create_lock = threading.Lock()
+
+    def lock_of(backend: Any) -> threading.RLock:
+        lock = backend.__dict__.get("_taskrunner_lock")
+        if lock is None:
+            with create_lock:
+                lock = backend.__dict__.setdefault("_taskrunner_lock", threading.RLock())
+        return lock  # type: ignore[no-any-return]
+
+    def serialized(name: str) -> Callable[..., Any]:
+        original = originals[name]
+
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with lock_of(self):
+                return original(self, *args, **kwargs)
+
+        method.__name__ = name
+        return method
+
+    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+        with lock_of(self):
+            seen: set[tuple[str, str]] = set()
+            errors: list[Any] = []
+            plan: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+            for item in transact_items:
+                op_type, op = next(iter(item.items()))
+                table_name = op["TableName"]
+                if op_type == "Put":
+                    table = self.get_table(table_name)
+                    key = {table.hash_key_attr: op["Item"][table.hash_key_attr]}
+                    if table.range_key_attr is not None:
+                        key[table.range_key_attr] = op["Item"][table.range_key_attr]
+                else:
+                    key = op["Key"]
+                identity = (str(table_name), str(dict(sorted(key.items()))))
+                if identity in seen:
+                    raise MultipleTransactionsException()
+                seen.add(identity)
+                current = self.get_item(table_name, key)
+                condition = op.get("ConditionExpression")
+                if condition is not None and not get_filter_expression(
+                    condition, op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+                ).expr(current):
+                    old = (
+                        current.to_json()["Attributes"]
+                        if current and op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD"
+                        else None
+                    )
+                    errors.append(("ConditionalCheckFailed", "The conditional request failed", old))
+                else:
+                    errors.append((None, None, None))
+                plan.append((op_type, op, key))
+            if any(code is not None for code, _, _ in errors):
+                raise TransactionCanceledException(errors)
+            for op_type, op, key in plan:  # every condition holds, under the lock: now write
+                names, values = op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+                if op_type == "Put":
+                    self.put_item(op["TableName"], op["Item"])
+                elif op_type == "Update":
+                    self.update_item(
+                        op["TableName"],
+                        key,
+                        update_expression=op["UpdateExpression"],
+                        expression_attribute_names=names,
+                        expression_attribute_values=values,
+                    )
+                elif op_type == "Delete":
+                    self.delete_item(op["TableName"], key)
+
+    replaced = [_replace(DynamoDBBackend, name, serialized(name)) for name in guarded]
+    return [*replaced, _replace(DynamoDBBackend, "transact_write_items", transact_write_items)]
 
 
 # ---------------------------------------------------------------------------------------------- Lambda, EventBridge
@@ -366,8 +567,15 @@ def _patch_events_lambda_targets() -> list[tuple[Any, str, Any]]:
         for target in lambda_targets:
             if "Input" in target:
                 event: Any = json.loads(target["Input"])
+            elif "InputPath" in target:
+                from jsonpath_ng.ext import parse as parse_path
+
+                found = parse_path(target["InputPath"]).find(original_event)
+                event = found[0].value if found else None
+            elif "InputTransformer" not in target:
+                event = original_event  # delivered as it is, as EventBridge does
             else:
-                transformer = target.get("InputTransformer", {})
+                transformer = target["InputTransformer"]
                 event = EventTemplateParser.parse(
                     input_template=transformer.get("InputTemplate"),
                     input_paths_map=transformer.get("InputPathsMap", {}),
@@ -404,15 +612,37 @@ PATCHES: list[Patch] = [
         _patch_sfn_ecs_sync,
     ),
     Patch(
+        "sfn-parse-cache",
+        "Every execution parses its definition again with ANTLR, about 80 ms of CPU each.",
+        _patch_sfn_parse_cache,
+    ),
+    Patch(
+        "sfn-json-path-cache",
+        "Every JSONPath evaluation builds a new jsonpath-ng parser, about 0.4 ms of CPU each.",
+        _patch_sfn_json_path_cache,
+    ),
+    Patch(
+        "sfn-client-reuse",
+        "Every Task state builds new boto3 clients, tens of milliseconds of CPU each.",
+        _patch_sfn_client_reuse,
+    ),
+    Patch(
         "ecs-fargate-container-memory",
         "RunTask crashes on a Fargate task definition whose containers have no memory of their own.",
         _patch_ecs_fargate_resources,
     ),
     Patch(
         "ecs-task-lifecycle",
-        "ECS tasks start RUNNING, carry no timestamps, exit or stop codes, StopTask stops at once, and "
-        "StopTask on an unknown task raises a bare Exception (HTTP 500).",
+        "ECS tasks start RUNNING, carry no timestamps, exit or stop codes, StopTask stops at once, "
+        "StopTask on an unknown task raises a bare Exception (HTTP 500), and concurrent RunTask and "
+        "DescribeTasks race on the task table (HTTP 500).",
         _patch_ecs_task_lifecycle,
+    ),
+    Patch(
+        "dynamodb-concurrency",
+        "Concurrent requests race: TransactWriteItems deep-copies whole tables to roll back, fails with "
+        "'dictionary changed size during iteration' and loses concurrent writes when it rolls back.",
+        _patch_dynamodb_concurrency,
     ),
     Patch("lambda-invoke-local", "Lambda functions run only in Docker.", _patch_lambda_invoke),
     Patch("events-lambda-targets", "EventBridge rules cannot target Lambda functions.", _patch_events_lambda_targets),

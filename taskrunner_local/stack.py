@@ -11,6 +11,7 @@ from typing import Any
 
 from taskrunner_local import moto_patches
 from taskrunner_local.agent import FargateAgent
+from taskrunner_local.aws_inside import AwsInside
 from taskrunner_local.aws_server import AwsServer, EndpointSession
 from taskrunner_local.config import LocalConfig
 from taskrunner_local.deploy import Deployer, Deployment
@@ -73,7 +74,7 @@ class LocalStack:
         assert self.session is not None and self._work_dir is not None
         config = self.config
         self.agent = FargateAgent(
-            self.session,
+            AwsInside(config.account, config.region),
             work_dir=self._work_dir / "tasks",
             stop_timeout_seconds=config.stop_timeout_seconds,
             max_running_tasks=config.max_running_tasks,

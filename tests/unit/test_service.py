@@ -276,3 +276,13 @@ def test_usage_range_rules(world):
     assert info.value.field == "to"
     with pytest.raises(InvalidParameter):
         service.usage("default", date(2025, 1, 1), date(2026, 12, 31))
+
+
+def test_a_workflow_error_leaves_a_task_that_ecs_runs_to_its_ecs_events(world):
+    service, _, _, compute, _, _ = world
+    task = service.submit("default", TaskSpec(image="busybox"))
+    compute.tasks_by_started_by[task.task_id] = ARN
+    lost = service.finalize(task.task_id, Outcome.ERROR, None, reason="States.Runtime: DescribeTasks failed")
+    assert lost.status is TaskStatus.SUBMITTED and lost.ecs_task_arn == ARN and lost.metering is None
+    done = service.on_ecs_task_state_change(stopped(task.task_id))
+    assert done.status is TaskStatus.SUCCEEDED and done.metering.billed_seconds == 60

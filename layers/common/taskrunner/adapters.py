@@ -232,9 +232,8 @@ class DynamoTaskStore:
             if _error_code(exc) in ("TransactionCanceledException", "ConditionalCheckFailedException"):
                 raise StaleStatus(f"task {task.task_id} changed or was metered meanwhile") from exc
             raise
-        stored = self.get(task.task_id)
-        assert stored is not None
-        return stored
+        # The transaction succeeded against exactly `task`: what is stored now is `task` with these changes.
+        return task.model_copy(update={**changes, "status": new_status, "metering": metering})
 
     def usage(self, tenant: str, start: date, end: date) -> list[tuple[date, Metering]]:
         request: dict[str, Any] = {

@@ -327,6 +327,11 @@ class TaskService:
             task = self._reload(task_id)
             if task.metering is not None:
                 return task
+            if outcome is Outcome.ERROR and observation is None and not task.status.terminal:
+                ecs_task_arn = task.ecs_task_arn or self._find_ecs_task(task)
+                if ecs_task_arn:
+                    # The workflow lost track of a task that ECS is running or ran: its ECS events finish it.
+                    return self._remember_arn(task, ecs_task_arn)
             status = self._final_status(task, outcome, observation)
             changes = self._final_fields(task, status, observation, reason)
             ecs_running = observation is not None and observation.ecs_task_arn and not observation.stopped

@@ -1,0 +1,1 @@
+"""Benchmarks of the local stack (`make bench`). They print numbers; no test asserts on timing."""

@@ -1,0 +1,202 @@
+"""`make bench`: measures the local stack and prints a table next to the targets of DESIGN §8.
+
+- submit → RUNNING latency (p50, p99), next to a bare process spawn measured in the same run;
+- sustained throughput over a burst of tasks, which must all end terminal with exactly one metering record;
+- the API function's cold import, next to a minimal Powertools + pydantic + boto3 handler;
+- the orchestration cost of one successful task (state transitions, Lambda invocations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from taskrunner_local.cli import free_port
+from taskrunner_local.client import TERMINAL, TaskRunnerClient
+from taskrunner_local.config import LocalConfig
+from taskrunner_local.stack import LocalStack
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def bare_spawn_ms(samples: int) -> list[float]:
+    """Fork + exec of `true` until it has started (Popen returns once exec succeeded)."""
+    durations = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        process = subprocess.Popen(["true"])
+        durations.append((time.perf_counter() - started) * 1000)
+        process.wait()
+    return durations
+
+
+def submit_to_running_ms(api: TaskRunnerClient, samples: int) -> list[float]:
+    durations = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        task_id = api.submit({"image": "busybox", "command": ["sleep", "0.3"]})["task_id"]
+        while api.get(task_id)["status"] not in {"RUNNING", *TERMINAL}:
+            time.sleep(0.002)
+        durations.append((time.perf_counter() - started) * 1000)
+        api.wait(task_id)
+    return durations
+
+
+def burst(stack: LocalStack, api: TaskRunnerClient, count: int, clients: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        ids = list(
+            pool.map(
+                lambda i: api.submit({"image": "busybox", "command": ["sh", "-c", f"echo {i}"]})["task_id"],
+                range(count),
+            )
+        )
+    submitted = time.perf_counter() - started
+    pending = set(ids)
+    statuses: dict[str, str] = {}
+    failures: dict[str, str] = {}
+    deadline = time.monotonic() + max(600, count)
+    while pending and time.monotonic() < deadline:
+        for task_id in list(pending):
+            task = api.get(task_id)
+            if task["status"] in TERMINAL and task["metering"]:
+                statuses[task_id] = task["status"]
+                pending.discard(task_id)
+                if task["status"] != "SUCCEEDED":
+                    failures[task_id] = f"{task['status']}: {task['status_reason']}"
+        if pending:
+            time.sleep(0.2)
+    elapsed = time.perf_counter() - started
+    ddb = stack.client("dynamodb")
+    table = stack.deployment.outputs["TasksTableName"]  # type: ignore[union-attr]
+    per_task: dict[str, int] = dict.fromkeys(ids, 0)
+    for page in ddb.get_paginator("scan").paginate(TableName=table):  # a census after the run
+        for item in page["Items"]:
+            if item["pk"]["S"].startswith("METER#") and item["task_id"]["S"] in per_task:
+                per_task[item["task_id"]["S"]] += 1
+    return {
+        "count": count,
+        "submitted_s": submitted,
+        "elapsed_s": elapsed,
+        "throughput": len(statuses) / elapsed,
+        "terminal": len(statuses),
+        "succeeded": sum(1 for s in statuses.values() if s == "SUCCEEDED"),
+        "one_metering_record_each": all(n == 1 for n in per_task.values()),
+        "metering_records": sum(per_task.values()),
+        "failures": failures,
+    }
+
+
+def cold_import_ms(samples: int) -> tuple[list[float], list[float]]:
+    layer = ROOT / "layers" / "common"
+    api_dir = ROOT / "functions" / "api"
+    env = {**os.environ, "POWERTOOLS_TRACE_DISABLED": "true", "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def once(code_dir: Path, module: str) -> float:
+        script = (
+            f"import sys, time; sys.path[:0] = [{str(code_dir)!r}, {str(layer)!r}]; t = time.perf_counter(); "
+            f"import {module}; print((time.perf_counter() - t) * 1000)"
+        )
+        output = subprocess.run(
+            [sys.executable, "-I", "-c", script], env=env, capture_output=True, text=True, check=True, cwd=code_dir
+        )
+        return float(output.stdout.strip())
+
+    api, minimal = [], []
+    for _ in range(samples):  # interleaved, so both see the same machine
+        api.append(once(api_dir, "app"))
+        minimal.append(once(ROOT / "benchmarks", "minimal_handler"))
+    return api, minimal
+
+
+def orchestration_cost(stack: LocalStack, api: TaskRunnerClient) -> tuple[int, int]:
+    task = api.wait(api.submit({"image": "busybox", "command": ["true"]})["task_id"])
+    sfn = stack.client("stepfunctions")
+    while sfn.describe_execution(executionArn=task["execution_arn"])["status"] == "RUNNING":
+        time.sleep(0.05)
+    history = sfn.get_execution_history(executionArn=task["execution_arn"])["events"]
+    transitions = sum(1 for e in history if e["type"].endswith("StateEntered"))
+    lambdas = sum(
+        1
+        for e in history
+        if e["type"] == "TaskScheduled" and e["taskScheduledEventDetails"]["resourceType"] == "lambda"
+    )
+    return transitions, lambdas
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make bench")
+    parser.add_argument("--latency-samples", type=int, default=50)
+    parser.add_argument("--burst", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--import-samples", type=int, default=10)
+    args = parser.parse_args(argv)
+
+    api_import, minimal_import = cold_import_ms(args.import_samples)
+    config = LocalConfig(
+        api_port=free_port(), aws_port=free_port(), echo_function_logs=False, stack_name="taskrunner-bench"
+    )
+    print("starting the local stack…", file=sys.stderr, flush=True)
+    with LocalStack(config) as stack:
+        api = TaskRunnerClient(stack.api_url)
+        api.wait(api.submit({"image": "busybox", "command": ["true"]})["task_id"])  # warm every function
+        spawn = bare_spawn_ms(args.latency_samples)
+        latency = submit_to_running_ms(api, args.latency_samples)
+        transitions, workflow_lambdas = orchestration_cost(stack, api)
+        print(f"burst of {args.burst} tasks…", file=sys.stderr, flush=True)
+        result = burst(stack, api, args.burst, args.clients)
+
+    rows = [
+        ("submit → RUNNING p50", f"{percentile(latency, 50):.0f} ms", "≤ 150 ms"),
+        ("submit → RUNNING p99", f"{percentile(latency, 99):.0f} ms", "≤ 500 ms"),
+        (
+            "bare process spawn p50 / p99",
+            f"{percentile(spawn, 50):.2f} / {percentile(spawn, 99):.2f} ms",
+            "(reference)",
+        ),
+        (f"burst of {result['count']}: throughput", f"{result['throughput']:.1f} tasks/s", "≥ 20 tasks/s"),
+        (f"burst of {result['count']}: submitted in", f"{result['submitted_s']:.1f} s", ""),
+        (f"burst of {result['count']}: all terminal in", f"{result['elapsed_s']:.1f} s", ""),
+        (
+            "burst: terminal / succeeded",
+            f"{result['terminal']} / {result['succeeded']}",
+            f"{result['count']} / {result['count']}",
+        ),
+        (
+            "burst: one metering record each",
+            f"{result['one_metering_record_each']} ({result['metering_records']} records)",
+            "True",
+        ),
+        ("API function cold import (median)", f"{statistics.median(api_import):.0f} ms", ""),
+        ("minimal handler cold import (median)", f"{statistics.median(minimal_import):.0f} ms", ""),
+        ("cold import ratio", f"{statistics.median(api_import) / statistics.median(minimal_import):.2f}", "≤ 1.30"),
+        ("state transitions per successful task", str(transitions), "≤ 6"),
+        ("Lambda invocations by the workflow", str(workflow_lambdas), "≤ 2"),
+        ("Lambda invocations by ECS events", "2 (RUNNING, STOPPED)", ""),
+    ]
+    for task_id, reason in result["failures"].items():
+        print(f"not succeeded: {task_id} {reason}", file=sys.stderr)
+    width = max(len(r[0]) for r in rows)
+    value_width = max(len(r[1]) for r in rows)
+    print(f"\n{'measure':<{width}}  {'value':>{value_width}}  target")
+    print("-" * (width + value_width + 12))
+    for name, value, target in rows:
+        print(f"{name:<{width}}  {value:>{value_width}}  {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

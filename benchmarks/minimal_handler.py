@@ -1,0 +1,25 @@
+"""The baseline for the cold-import benchmark: a minimal Powertools + pydantic + boto3 HTTP handler."""
+
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
+from pydantic import BaseModel
+
+logger = Logger()
+app = APIGatewayHttpResolver(enable_validation=True)
+
+
+class Item(BaseModel):
+    name: str
+
+
+@app.post("/items")
+def create(item: Item) -> dict[str, Any]:
+    boto3.client  # noqa: B018 - imported and referenced, as a real handler would
+    return item.model_dump()
+
+
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return app.resolve(event, context)
