@@ -11,6 +11,7 @@ in-process Lambda runtime through them.
 
 from __future__ import annotations
 
+import importlib
 import json
 import threading
 from collections.abc import Callable
@@ -195,10 +196,11 @@ def _ecs_task_stopped(task_arn: str) -> bool:
 
 
 def _patch_sfn_ecs_sync() -> list[tuple[Any, str, Any]]:
-    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service_ecs
     from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_ecs import (
         StateTaskServiceEcs,
     )
+
+    state_task_service_ecs: Any = importlib.import_module(StateTaskServiceEcs.__module__)
 
     def _build_sync_resolver(
         self: Any, env: Any, resource_runtime_part: Any, normalised_parameters: dict[str, Any], state_credentials: Any
@@ -240,8 +242,7 @@ def _patch_sfn_parse_cache() -> list[tuple[Any, str, Any]]:
     """Every execution parses its state machine's definition again with ANTLR (about 80 ms of CPU for ours),
     which alone caps a local stack near ten executions per second. The parse tree depends only on the text:
     keep it, and build the evaluation components afresh for each execution as before."""
-    from moto.stepfunctions.parser.asl.parse import asl_parser
-
+    asl_parser: Any = importlib.import_module("moto.stepfunctions.parser.asl.parse.asl_parser")
     parser_cls = asl_parser.AmazonStateLanguageParser
     trees: dict[str, Any] = {}
     lock = threading.Lock()
@@ -271,8 +272,7 @@ def _patch_sfn_parse_cache() -> list[tuple[Any, str, Any]]:
 def _patch_sfn_json_path_cache() -> list[tuple[Any, str, Any]]:
     """Every JSONPath evaluation builds a new jsonpath-ng parser (yacc tables and all), about 0.4 ms of CPU,
     some fifty times per execution. Parsed paths are immutable: keep them."""
-    from moto.stepfunctions.parser.asl.utils import json_path
-
+    json_path: Any = importlib.import_module("moto.stepfunctions.parser.asl.utils.json_path")
     cached = lru_cache(maxsize=4096)(json_path.parse)
     return [_replace(json_path.__dict__, "parse", cached)]
 
@@ -293,8 +293,6 @@ _MODULES_USING_BOTO_CLIENT_FOR = (
 def _patch_sfn_client_reuse() -> list[tuple[Any, str, Any]]:
     """Every Task state builds new boto3 clients (tens of milliseconds of CPU each, several per task), which
     caps a local stack at a few tasks per second. boto3 clients are thread-safe: build one per service."""
-    import importlib
-
     from moto.stepfunctions.parser.asl.utils import boto_client
 
     original = boto_client.boto_client_for
@@ -568,9 +566,7 @@ def _patch_events_lambda_targets() -> list[tuple[Any, str, Any]]:
             if "Input" in target:
                 event: Any = json.loads(target["Input"])
             elif "InputPath" in target:
-                from jsonpath_ng.ext import parse as parse_path
-
-                found = parse_path(target["InputPath"]).find(original_event)
+                found = importlib.import_module("jsonpath_ng.ext").parse(target["InputPath"]).find(original_event)
                 event = found[0].value if found else None
             elif "InputTransformer" not in target:
                 event = original_event  # delivered as it is, as EventBridge does
