@@ -16,7 +16,6 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from taskrunner.errors import TaskRunnerError
 from taskrunner.http_errors import domain_error, error_body, validation_error
-from taskrunner.idempotency import register_lambda_context, submit_once
 from taskrunner.models import DEFAULT_TENANT, LogPage, Task, TaskPage, TaskSpec, TaskStatus, Usage
 from taskrunner.observability import logger, metrics, tracer
 from taskrunner.service import default_usage_range
@@ -66,6 +65,8 @@ def submit_task(
 ) -> Response[Task]:
     tenant = current_tenant()
     if idempotency_key:
+        from taskrunner.idempotency import submit_once  # only keyed requests pay for Powertools idempotency
+
         task = submit_once(tenant, idempotency_key, spec)
     else:
         task = task_service().submit(tenant, spec)
@@ -176,6 +177,10 @@ def handle_unexpected(exc: Exception) -> Response[Any]:
     return _json(500, error_body("INTERNAL_ERROR", "Internal error; the request id is in the logs"))
 
 
+def _has_idempotency_key(event: dict[str, Any]) -> bool:
+    return any(k.lower() == "idempotency-key" for k in (event.get("headers") or {}))
+
+
 def _accept_json_without_content_type(event: dict[str, Any]) -> dict[str, Any]:
     """The API speaks JSON only. Clients such as `curl -d` label JSON as a form; read it as JSON anyway."""
     headers = event.get("headers") or {}
@@ -191,5 +196,8 @@ def _accept_json_without_content_type(event: dict[str, Any]) -> dict[str, Any]:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    register_lambda_context(context)
+    if _has_idempotency_key(event):
+        from taskrunner.idempotency import register_lambda_context
+
+        register_lambda_context(context)
     return app.resolve(_accept_json_without_content_type(event), context)
