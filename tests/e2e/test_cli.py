@@ -1,0 +1,64 @@
+"""The command line as a user runs it: `taskrunner local up` (then Ctrl-C) and `taskrunner local invoke`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+from taskrunner_local.cli import free_port
+from taskrunner_local.client import TaskRunnerClient
+from taskrunner_local.config import ROOT
+
+from tests.e2e.test_local_stack import processes_with
+
+
+def test_up_serves_the_api_and_ctrl_c_stops_everything() -> None:
+    api_port, aws_port = free_port(), free_port()
+    env = {**os.environ, "TASKRUNNER_QUIET": "1", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "taskrunner_local", "up", "--api-port", str(api_port), "--aws-port", str(aws_port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            output.append(line)
+            if "Ctrl-C stops everything" in line or not line:
+                break
+        banner = "".join(output)
+        assert f"http://127.0.0.1:{api_port}" in banner and f"http://127.0.0.1:{aws_port}" in banner
+        assert f"curl -X POST localhost:{api_port}/tasks" in banner and "AWS_ENDPOINT_URL" in banner
+
+        api = TaskRunnerClient(f"http://127.0.0.1:{api_port}")
+        marker = f"cli-{uuid.uuid4().hex}"
+        task_id = api.submit({"image": "busybox", "command": ["sh", "-c", f"sleep 300 # {marker}"]})["task_id"]
+        api.wait(task_id, {"RUNNING"})
+        assert processes_with(marker)
+    finally:
+        process.send_signal(signal.SIGINT)
+        remaining, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, "".join(output) + remaining
+    assert "no task process is left running" in remaining
+    assert processes_with(marker) == []
+    endpoint = f"AWS_ENDPOINT_URL=http://127.0.0.1:{aws_port}".encode()
+    assert [pid for pid in processes_with("lambda_worker.py") if endpoint in _environ(pid)] == []
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
