@@ -13,7 +13,6 @@ import uuid
 from taskrunner_local.cli import free_port
 from taskrunner_local.client import TaskRunnerClient
 from taskrunner_local.config import ROOT
-
 from tests.e2e.test_local_stack import processes_with
 
 
@@ -62,3 +61,39 @@ def _environ(pid: int) -> bytes:
             return handle.read()
     except OSError:
         return b""
+
+
+def test_invoke_runs_a_function_on_a_sample_event_without_docker() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "taskrunner_local",
+            "invoke",
+            "ApiFunction",
+            "-e",
+            "events/api/post_task_invalid_memory.json",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "TASKRUNNER_QUIET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    response = json.loads(result.stdout[result.stdout.index("{\n") :])
+    assert response["statusCode"] == 422
+    assert json.loads(response["body"])["error"]["details"][0]["field"] == "memory"
+
+
+def test_invoke_names_an_unknown_function() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "taskrunner_local", "invoke", "NoSuchFunction"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 2 and "NoSuchFunction" in result.stderr
