@@ -5,7 +5,6 @@ Offline: cfn-lint and aws-sam-translator run locally; the managed-policy loader 
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from taskrunner_local.sam import SamApp
 from tests.support.apigw import ROUTES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,50 +49,22 @@ FUNCTIONS = {
     "TaskEventsFunction": "functions/task_events/",
 }
 
-# Only the managed policies the template (or SAM on its behalf) may name; anything else fails the transform.
-MANAGED_POLICIES = {
-    name: f"arn:aws:iam::aws:policy/{path}{name}"
-    for path, name in [
-        ("", "AWSXrayWriteOnlyAccess"),
-        ("service-role/", "AWSLambdaBasicExecutionRole"),
-        ("service-role/", "AmazonECSTaskExecutionRolePolicy"),
-    ]
-}
-
-
-class StubManagedPolicyLoader:
-    """Stands in for samtranslator's ManagedPolicyLoader, which lists policies through IAM."""
-
-    def load(self) -> dict[str, str]:
-        return dict(MANAGED_POLICIES)
-
 
 def _sam_template() -> dict[str, Any]:
-    from samtranslator.yaml_helper import yaml_parse
-
-    return yaml_parse(TEMPLATE.read_text())  # type: ignore[no-any-return]
-
-
-def _as_packaged(template: dict[str, Any]) -> dict[str, Any]:
-    """Replace local artifact paths with S3 URIs, as `sam package` does before the transform runs in the cloud."""
-    packaged = copy.deepcopy(template)
-    keys = {"CodeUri", "ContentUri", "DefinitionUri"}
-    for logical_id, resource in packaged["Resources"].items():
-        props = resource.get("Properties", {})
-        for key in keys & props.keys():
-            if isinstance(props[key], str) and not props[key].startswith("s3://"):
-                props[key] = f"s3://artifacts-bucket/{logical_id}/{key.lower()}"
-    return packaged
+    return SamApp(TEMPLATE).template
 
 
 @pytest.fixture(scope="module")
 def transformed() -> dict[str, Any]:
-    from samtranslator.translator.transform import transform
+    """The template as `sam package` and the SAM transform make it (artifact paths become S3 URIs); the
+    managed-policy loader is the local stack's offline table, so IAM is never called."""
+
+    def artifact_uri(logical_id: str, key: str, path: Path) -> str:
+        return f"s3://artifacts-bucket/{logical_id}/{key.lower()}"
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        result = transform(_as_packaged(_sam_template()), {}, StubManagedPolicyLoader())  # type: ignore[arg-type]
-    return result
+        return SamApp(TEMPLATE).transform(artifact_uri)
 
 
 def _of_type(template: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
