@@ -29,15 +29,23 @@ DEFERRED_TYPES = (  # in the order they are created
     "AWS::KinesisFirehose::DeliveryStream",
     "AWS::Logs::SubscriptionFilter",
     "AWS::ECS::ClusterCapacityProviderAssociations",
+    "AWS::Scheduler::ScheduleGroup",
+    "AWS::Scheduler::Schedule",
 )
+#: the property that names a resource of each deferred type, where the template may set it
+NAME_PROPERTIES = {
+    "AWS::StepFunctions::StateMachine": "StateMachineName",
+    "AWS::KinesisFirehose::DeliveryStream": "DeliveryStreamName",
+    "AWS::Logs::SubscriptionFilter": "FilterName",
+    "AWS::Scheduler::ScheduleGroup": "Name",
+    "AWS::Scheduler::Schedule": "Name",
+}
 DROPPED_TYPES = {
     "AWS::ApiGatewayV2::Api",
     "AWS::ApiGatewayV2::Stage",
     "AWS::ApiGatewayV2::Route",
     "AWS::ApiGatewayV2::Integration",
     "AWS::ApiGatewayV2::Authorizer",
-    "AWS::Scheduler::Schedule",
-    "AWS::Scheduler::ScheduleGroup",
     "AWS::S3::BucketPolicy",  # access control is not emulated locally
     "AWS::SQS::QueuePolicy",
     "AWS::Lambda::Permission",
@@ -186,7 +194,10 @@ class Deployer:
                 del resource["DependsOn"]
 
         # Names for deferred and dropped resources, so that references to them resolve before the stack exists.
-        names = {logical_id: f"{self.stack_name}-{logical_id}" for logical_id in removed}
+        names = {
+            logical_id: self._literal_name(transformed["Resources"][logical_id]) or f"{self.stack_name}-{logical_id}"
+            for logical_id in removed
+        }
         arns = {
             logical_id: self._arn_of(transformed["Resources"][logical_id]["Type"], name)
             for logical_id, name in names.items()
@@ -224,11 +235,24 @@ class Deployer:
             )
         return deployment
 
+    def _literal_name(self, resource: dict[str, Any]) -> str | None:
+        """The name a template gives a resource, when it is a literal or the stack's name."""
+        value = resource.get("Properties", {}).get(NAME_PROPERTIES.get(resource["Type"], ""))
+        if isinstance(value, str):
+            return value
+        if value == {"Ref": "AWS::StackName"}:
+            return self.stack_name
+        if isinstance(value, dict) and isinstance(value.get("Fn::Sub"), str):
+            return str(value["Fn::Sub"]).replace("${AWS::StackName}", self.stack_name)
+        return None
+
     def _arn_of(self, resource_type: str, name: str) -> str:
         if resource_type == "AWS::StepFunctions::StateMachine":
             return f"arn:aws:states:{self.region}:{self.account}:stateMachine:{name}"
         if resource_type == "AWS::KinesisFirehose::DeliveryStream":
             return f"arn:aws:firehose:{self.region}:{self.account}:deliverystream/{name}"
+        if resource_type == "AWS::Scheduler::ScheduleGroup":
+            return f"arn:aws:scheduler:{self.region}:{self.account}:schedule-group/{name}"
         service = resource_type.split("::")[1].lower()
         return f"arn:aws:{service}:{self.region}:{self.account}:{name}"
 
@@ -348,6 +372,22 @@ class Deployer:
             if "RoleArn" in props:
                 request["roleArn"] = props["RoleArn"]
             self.client("logs").put_subscription_filter(**request)
+        elif resource_type == "AWS::Scheduler::ScheduleGroup":
+            self.client("scheduler").create_schedule_group(Name=props.get("Name", name))
+        elif resource_type == "AWS::Scheduler::Schedule":
+            target = {k: v for k, v in props["Target"].items() if v is not None}
+            request = {
+                "Name": props.get("Name", name),
+                "GroupName": props.get("GroupName", "default"),
+                "ScheduleExpression": props["ScheduleExpression"],
+                "FlexibleTimeWindow": props.get("FlexibleTimeWindow", {"Mode": "OFF"}),
+                "Target": target,
+                "State": props.get("State", "ENABLED"),
+            }
+            for key in ("ScheduleExpressionTimezone", "Description", "StartDate", "EndDate"):
+                if key in props:
+                    request[key] = props[key]
+            self.client("scheduler").create_schedule(**request)
         elif resource_type == "AWS::ECS::ClusterCapacityProviderAssociations":
             strategy = [
                 {

@@ -18,6 +18,7 @@ from taskrunner_local.deploy import Deployer, Deployment
 from taskrunner_local.gateway import Gateway
 from taskrunner_local.runtime import FunctionSpec, LambdaRuntime
 from taskrunner_local.sam import SamApp
+from taskrunner_local.scheduler import SchedulerTicker
 
 
 class LocalStack:
@@ -29,6 +30,7 @@ class LocalStack:
         self.runtime: LambdaRuntime | None = None
         self.agent: FargateAgent | None = None
         self.gateway: Gateway | None = None
+        self.ticker: SchedulerTicker | None = None
         self._work_dir: Path | None = None
         self._own_work_dir = False
 
@@ -65,6 +67,13 @@ class LocalStack:
                 account=config.account,
             )
             self.gateway.start()
+            self.ticker = SchedulerTicker(
+                config.account,
+                config.region,
+                self.runtime.invoke_async,
+                on_log=lambda line: print(f"[scheduler] {line}", flush=True),
+            )
+            self.ticker.start()
         except BaseException:
             self.stop()
             raise
@@ -94,6 +103,9 @@ class LocalStack:
         self._start_agent()
 
     def stop(self) -> None:
+        if self.ticker is not None:
+            self.ticker.stop()
+            self.ticker = None
         if self.gateway is not None:
             self.gateway.stop()
             self.gateway = None

@@ -14,14 +14,17 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyValidationError,
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from taskrunner.errors import TaskRunnerError
+from pydantic import BaseModel
+from taskrunner.errors import InvalidParameter, TaskRunnerError
 from taskrunner.http_errors import domain_error, error_body, validation_error
 from taskrunner.models import DEFAULT_TENANT, LogPage, Task, TaskPage, TaskSpec, TaskStatus, Usage
 from taskrunner.observability import logger, metrics, tracer
+from taskrunner.schedules import Schedule, SchedulePage, ScheduleSpec
 from taskrunner.service import default_usage_range
-from taskrunner.wiring import task_service
+from taskrunner.wiring import schedule_service, task_service
 
 TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z]+$")]
+ScheduleNameParam = Annotated[str, Path(min_length=1, max_length=56, pattern=r"^[0-9A-Za-z_.-]+$")]
 
 app = APIGatewayHttpResolver(enable_validation=True)
 app.enable_swagger(
@@ -36,7 +39,7 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
     return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=body, headers=headers)
 
 
-def _model(status: int, model: Task | TaskPage | LogPage | Usage, **headers: str) -> Response[Any]:
+def _model(status: int, model: BaseModel, **headers: str) -> Response[Any]:
     return _json(status, model, headers or None)
 
 
@@ -80,10 +83,11 @@ def submit_task(
 @tracer.capture_method
 def list_tasks(
     status: Annotated[TaskStatus | None, Query(description="Only tasks in this status")] = None,
+    schedule: Annotated[str | None, Query(description="Only the runs of this schedule", max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     next_token: Annotated[str | None, Query(min_length=1, max_length=4096)] = None,
 ) -> Response[TaskPage]:
-    return _model(200, task_service().list_tasks(current_tenant(), status, limit, next_token))
+    return _model(200, task_service().list_tasks(current_tenant(), status, limit, next_token, schedule))
 
 
 @app.get("/tasks/<task_id>", summary="Get a task")
@@ -127,6 +131,58 @@ def usage(
 ) -> Response[Usage]:
     default_from, default_to = default_usage_range(datetime.now(UTC).date())
     return _model(200, task_service().usage(current_tenant(), from_ or default_from, to or default_to))
+
+
+@app.post(
+    "/schedules",
+    summary="Create a schedule",
+    responses={201: {"description": "Created; the schedule, its next runs and a Location header"}},
+)
+@tracer.capture_method
+def create_schedule(spec: Annotated[ScheduleSpec, Body(description="The schedule")]) -> Response[Schedule]:
+    schedule = schedule_service().create(current_tenant(), spec)
+    metrics.add_metric(name="SchedulesCreated", unit="Count", value=1)
+    return _model(201, schedule, Location=f"/schedules/{schedule.name}")
+
+
+@app.get("/schedules", summary="List schedules by name")
+@tracer.capture_method
+def list_schedules(
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    next_token: Annotated[str | None, Query(min_length=1, max_length=4096)] = None,
+) -> Response[SchedulePage]:
+    return _model(200, schedule_service().list_schedules(current_tenant(), limit, next_token))
+
+
+@app.get("/schedules/<name>", summary="Get a schedule and its next five run times")
+@tracer.capture_method
+def get_schedule(name: ScheduleNameParam) -> Response[Schedule]:
+    return _model(200, schedule_service().get(current_tenant(), name))
+
+
+@app.put("/schedules/<name>", summary="Replace a schedule (pause and resume with `enabled`)")
+@tracer.capture_method
+def update_schedule(
+    name: ScheduleNameParam, spec: Annotated[ScheduleSpec, Body(description="The schedule")]
+) -> Response[Schedule]:
+    if spec.name != name:
+        raise InvalidParameter("name", f"must be {name!r}, the schedule in the path; a schedule cannot be renamed")
+    return _model(200, schedule_service().update(current_tenant(), name, spec))
+
+
+@app.delete("/schedules/<name>", summary="Delete a schedule", responses={204: {"description": "Deleted"}})
+@tracer.capture_method
+def delete_schedule(name: ScheduleNameParam) -> Response[None]:
+    schedule_service().delete(current_tenant(), name)
+    return Response(status_code=204, body="")
+
+
+@app.post("/schedules/<name>/run", summary="Run a schedule now", responses={202: {"description": "The task"}})
+@tracer.capture_method
+def run_schedule(name: ScheduleNameParam) -> Response[Task]:
+    task = schedule_service().run_now(current_tenant(), name)
+    logger.set_correlation_id(task.task_id)
+    return _model(202, task, Location=f"/tasks/{task.task_id}")
 
 
 @app.get("/openapi.json", include_in_schema=False)

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SAM = ROOT / ".tools" / "sam" / "bin" / "sam"
 EVENTS = ROOT / "events"
 
-FUNCTIONS = ["ApiFunction", "FinalizeFunction", "StopTaskFunction", "TaskEventsFunction"]
+FUNCTIONS = ["ApiFunction", "FinalizeFunction", "ScheduledSubmitFunction", "StopTaskFunction", "TaskEventsFunction"]
 
 # Lambda's environment for the functions, with fake credentials and an endpoint nothing listens on,
 # so an unexpected AWS call fails fast instead of reaching a real account.

@@ -16,6 +16,12 @@ ROUTES = [
     ("GET", "/usage"),
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
+    ("POST", "/schedules"),
+    ("GET", "/schedules"),
+    ("GET", "/schedules/{name}"),
+    ("PUT", "/schedules/{name}"),
+    ("DELETE", "/schedules/{name}"),
+    ("POST", "/schedules/{name}/run"),
 ]
 
 

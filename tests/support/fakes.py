@@ -6,8 +6,15 @@ import copy
 from datetime import UTC, date, datetime
 from typing import Any
 
-from taskrunner.errors import InvalidParameter, StaleStatus
+from taskrunner.errors import (
+    InvalidParameter,
+    ScheduleAlreadyExists,
+    ScheduleNotFound,
+    StaleStatus,
+    TaskAlreadyExists,
+)
 from taskrunner.models import LogEvent, Metering, Task, TaskStatus
+from taskrunner.schedules import Schedule, ScheduleRun
 from taskrunner.service import usage_day
 
 
@@ -17,16 +24,23 @@ class InMemoryTaskStore:
         self.metering: dict[str, tuple[str, date, Metering]] = {}
 
     def create(self, task: Task) -> None:
-        assert task.task_id not in self.tasks, "create must never overwrite"
+        if task.task_id in self.tasks:
+            raise TaskAlreadyExists(task.task_id)
         self.tasks[task.task_id] = copy.deepcopy(task)
 
     def get(self, task_id: str) -> Task | None:
         task = self.tasks.get(task_id)
         return copy.deepcopy(task) if task else None
 
-    def list_tasks(self, tenant: str, status: TaskStatus | None, limit: int, next_token: str | None):
+    def list_tasks(self, tenant: str, status: TaskStatus | None, limit: int, next_token: str | None, schedule=None):
         items = sorted(
-            (t for t in self.tasks.values() if t.tenant == tenant and (status is None or t.status == status)),
+            (
+                t
+                for t in self.tasks.values()
+                if t.tenant == tenant
+                and (status is None or t.status == status)
+                and (schedule is None or t.schedule == schedule)
+            ),
             key=lambda t: t.task_id,
             reverse=True,
         )
@@ -105,3 +119,47 @@ class FakeLogs:
         start = int(next_token) if next_token else 0
         page = events[start : start + limit]
         return page, (str(start + len(page)) if page else None)
+
+
+class InMemoryScheduleStore:
+    def __init__(self) -> None:
+        self.schedules: dict[tuple[str, str], Schedule] = {}
+
+    def create(self, schedule: Schedule) -> None:
+        key = (schedule.tenant, schedule.name)
+        if key in self.schedules:
+            raise ScheduleAlreadyExists(schedule.name)
+        self.schedules[key] = copy.deepcopy(schedule)
+
+    def get(self, tenant: str, name: str) -> Schedule | None:
+        schedule = self.schedules.get((tenant, name))
+        return copy.deepcopy(schedule) if schedule else None
+
+    def list_schedules(self, tenant: str, limit: int, next_token: str | None):
+        names = sorted(n for t, n in self.schedules if t == tenant and (not next_token or n > next_token))
+        page = names[:limit]
+        return [self.schedules[(tenant, n)] for n in page], (page[-1] if len(names) > limit else None)
+
+    def replace(self, schedule: Schedule) -> None:
+        if (schedule.tenant, schedule.name) not in self.schedules:
+            raise ScheduleNotFound(schedule.name)
+        self.schedules[(schedule.tenant, schedule.name)] = copy.deepcopy(schedule)
+
+    def delete(self, tenant: str, name: str) -> bool:
+        return self.schedules.pop((tenant, name), None) is not None
+
+    def record_run(self, tenant: str, name: str, run: ScheduleRun) -> None:
+        schedule = self.schedules.get((tenant, name))
+        if schedule and (schedule.last_run is None or schedule.last_run.scheduled_time <= run.scheduled_time):
+            schedule.last_run = run
+
+
+class RecordingScheduler:
+    def __init__(self) -> None:
+        self.schedules: dict[tuple[str, str], Schedule] = {}
+
+    def put(self, schedule: Schedule) -> None:
+        self.schedules[(schedule.tenant, schedule.name)] = schedule
+
+    def delete(self, tenant: str, name: str) -> None:
+        self.schedules.pop((tenant, name), None)

@@ -20,6 +20,17 @@ TASK_DEFINITION_ARN = (
 )
 
 
+NIGHTLY = {
+    "name": "nightly",
+    "schedule_expression": "cron(0 3 * * ? *)",
+    "timezone": "Europe/Berlin",
+    "overlap_policy": "FORBID",
+    "description": "The nightly report",
+    "start_date": "2027-03-25T00:00:00Z",
+    "task": {"image": "python:3.12-slim", "command": ["sh", "-c", "echo nightly report"], "cpu": 256, "memory": 512},
+}
+
+
 def api_events() -> dict[str, dict]:
     hello = {"image": "python:3.12-slim", "command": ["sh", "-c", "echo hi"], "cpu": 256, "memory": 512}
     return {
@@ -36,6 +47,16 @@ def api_events() -> dict[str, dict]:
         "get_usage.json": http_event("GET", "/usage", query={"from": "2026-11-01", "to": "2026-11-30"}),
         "get_openapi.json": http_event("GET", "/openapi.json"),
         "get_docs.json": http_event("GET", "/docs"),
+        "post_schedule.json": http_event("POST", "/schedules", body=NIGHTLY),
+        "post_schedule_unix_cron.json": http_event(
+            "POST", "/schedules", body={**NIGHTLY, "schedule_expression": "*/5 * * * *"}
+        ),
+        "list_schedules.json": http_event("GET", "/schedules", query={"limit": "20"}),
+        "get_schedule.json": http_event("GET", "/schedules/nightly"),
+        "put_schedule.json": http_event("PUT", "/schedules/nightly", body={**NIGHTLY, "enabled": False}),
+        "delete_schedule.json": http_event("DELETE", "/schedules/nightly"),
+        "run_schedule.json": http_event("POST", "/schedules/nightly/run"),
+        "list_tasks_of_schedule.json": http_event("GET", "/tasks", query={"schedule": "nightly"}),
     }
 
 
@@ -134,6 +155,19 @@ def function_events() -> dict[str, dict]:
         },
         "finalize/not_started.json": {"task_id": TASK_ID, "outcome": "NOT_STARTED"},
         "stop_task/timeout.json": {"task_id": TASK_ID},
+        # EventBridge Scheduler substitutes <aws.scheduler.scheduled-time> in the target's Input
+        "scheduled_submit/scheduled_run.json": {
+            "tenant": "default",
+            "schedule_name": "nightly",
+            "scheduled_time": "2027-03-26T02:00:00Z",
+        },
+        "scheduled_submit/template_schedule_run.json": {
+            "tenant": "default",
+            "schedule_name": "example-nightly",
+            "scheduled_time": "2027-03-26T02:00:00Z",
+            "overlap_policy": "FORBID",
+            "task": {"image": "python:3.12-slim", "command": ["sh", "-c", "echo nightly report"]},
+        },
     }
 
 

@@ -49,6 +49,8 @@ class Stack:
     cluster: str = "taskrunner"
     log_group: str = "/taskrunner/tasks"
     state_machine_arn: str = ""
+    schedule_group: str = "taskrunner"
+    schedules_dlq_arn: str = ""
 
     @property
     def cluster_arn(self) -> str:
@@ -63,6 +65,10 @@ class Stack:
             "TASK_LOG_GROUP": self.log_group,
             "TASK_LOG_STREAM_PREFIX": "task",
             "TASK_FAMILY_PREFIX": "taskrunner",
+            "SCHEDULE_GROUP_NAME": self.schedule_group,
+            "SCHEDULER_ROLE_ARN": f"arn:aws:iam::{ACCOUNT}:role/scheduler",
+            "SCHEDULED_SUBMIT_FUNCTION_ARN": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:scheduled-submit",
+            "SCHEDULES_DLQ_ARN": self.schedules_dlq_arn,
         }
 
     def substitutions(self) -> dict[str, str]:
@@ -87,6 +93,12 @@ class Stack:
         ddb.create_table(**table_request("TasksTable", self.tasks_table))
         ddb.create_table(**table_request("IdempotencyTable", self.idempotency_table))
         boto3.client("ecs", region_name=REGION).create_cluster(clusterName=self.cluster)
+        boto3.client("scheduler", region_name=REGION).create_schedule_group(Name=self.schedule_group)
+        sqs = boto3.client("sqs", region_name=REGION)
+        queue = sqs.create_queue(QueueName="schedules-dlq")["QueueUrl"]
+        self.schedules_dlq_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
         boto3.client("logs", region_name=REGION).create_log_group(logGroupName=self.log_group)
         role = boto3.client("iam", region_name=REGION).create_role(
             RoleName="state-machine",

@@ -47,7 +47,10 @@ FUNCTIONS = {
     "FinalizeFunction": "functions/finalize/",
     "StopTaskFunction": "functions/stop_task/",
     "TaskEventsFunction": "functions/task_events/",
+    "ScheduledSubmitFunction": "functions/scheduled_submit/",
 }
+#: the functions that start executions: the one submission path, from HTTP and from schedules
+SUBMITTERS = {"ApiFunction", "ScheduledSubmitFunction"}
 
 
 def _sam_template() -> dict[str, Any]:
@@ -205,13 +208,13 @@ def test_task_events_rule_matches_running_and_stopped_tasks_of_this_cluster(tran
     assert "MaximumRetryAttempts" in target["RetryPolicy"]
 
 
-def test_only_the_api_function_knows_the_state_machine(transformed: dict[str, Any]) -> None:
+def test_only_the_submitting_functions_know_the_state_machine(transformed: dict[str, Any]) -> None:
     functions = _of_type(transformed, "AWS::Lambda::Function")
     assert set(functions) == set(FUNCTIONS)
     for name, function in functions.items():
         props = function["Properties"]
         variables = props["Environment"]["Variables"]
-        assert ("STATE_MACHINE_ARN" in variables) == (name == "ApiFunction"), name
+        assert ("STATE_MACHINE_ARN" in variables) == (name in SUBMITTERS), name
         assert {"TASKS_TABLE_NAME", "IDEMPOTENCY_TABLE_NAME", "ECS_CLUSTER", "TASK_LOG_GROUP"} <= variables.keys()
         assert props["Runtime"] == "python3.13"
         assert props["Handler"] == "app.lambda_handler"
@@ -254,13 +257,18 @@ def test_the_policy_walk_sees_every_role(transformed: dict[str, Any]) -> None:
         assert any(w.startswith(f"/{role}/Properties/Policies") for w in locations), role
 
 
-def test_pass_role_is_limited_to_ecs_tasks(transformed: dict[str, Any]) -> None:
+def test_pass_role_is_limited_to_ecs_tasks_and_the_scheduler(transformed: dict[str, Any]) -> None:
     pass_role = [
         s
         for _, s in _statements(transformed["Resources"])
         if s.get("Effect") == "Allow" and "iam:PassRole" in _actions(s)
     ]
     assert pass_role
+    services = set()
     for statement in pass_role:
         assert statement["Resource"] != "*"
-        assert statement["Condition"] == {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}
+        [service] = statement["Condition"]["StringEquals"].values()
+        services.add(service)
+        if service == "scheduler.amazonaws.com":  # only the scheduler's own role, to EventBridge Scheduler
+            assert statement["Resource"] == {"Fn::GetAtt": ["SchedulerRole", "Arn"]}
+    assert services == {"ecs-tasks.amazonaws.com", "scheduler.amazonaws.com"}

@@ -12,16 +12,25 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from taskrunner.errors import InvalidParameter, OrchestrationUnavailable, StaleStatus
+from taskrunner.errors import (
+    InvalidParameter,
+    OrchestrationUnavailable,
+    ScheduleAlreadyExists,
+    ScheduleNotFound,
+    StaleStatus,
+    TaskAlreadyExists,
+)
 from taskrunner.models import LogEvent, Metering, Task, TaskStatus
 from taskrunner.observability import logger
+from taskrunner.schedules import Schedule, ScheduleRun
 from taskrunner.service import execution_arn_for, usage_day
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
-TASKS_INDEX = "gsi1"  # tenant's tasks (newest first) and tenant's usage by day
+TASKS_INDEX = "gsi1"  # tenant's tasks (newest first), tenant's usage by day, tenant's schedules by name
 STATUS_INDEX = "gsi2"  # tenant's tasks in one status (newest first)
+SCHEDULE_RUNS_INDEX = "gsi3"  # one schedule's runs (newest first)
 
 
 def _error_code(exc: ClientError) -> str:
@@ -68,6 +77,18 @@ def usage_partition(tenant: str) -> str:
     return f"TENANT#{tenant}#USAGE"
 
 
+def schedule_runs_partition(tenant: str, schedule: str) -> str:
+    return f"TENANT#{tenant}#SCHEDULE#{schedule}"
+
+
+def schedules_partition(tenant: str) -> str:
+    return f"TENANT#{tenant}#SCHEDULES"
+
+
+def schedule_key(tenant: str, name: str) -> dict[str, Any]:
+    return {"pk": {"S": f"SCHEDULE#{tenant}#{name}"}, "sk": {"S": "SCHEDULE"}}
+
+
 def _encode_token(key: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
 
@@ -101,6 +122,8 @@ class DynamoTaskStore:
             gsi2pk=status_partition(task.tenant, task.status),
             gsi2sk=task.task_id,
         )
+        if task.schedule:
+            data.update(gsi3pk=schedule_runs_partition(task.tenant, task.schedule), gsi3sk=task.task_id)
         return data
 
     @staticmethod
@@ -137,20 +160,27 @@ class DynamoTaskStore:
     # -- TaskStore
 
     def create(self, task: Task) -> None:
-        self.ddb.put_item(
-            TableName=self.table,
-            Item=_serialize(self._task_item(task)),
-            ConditionExpression="attribute_not_exists(pk)",
-        )
+        try:
+            self.ddb.put_item(
+                TableName=self.table,
+                Item=_serialize(self._task_item(task)),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except ClientError as exc:
+            if _error_code(exc) == "ConditionalCheckFailedException":
+                raise TaskAlreadyExists(task.task_id) from exc
+            raise
 
     def get(self, task_id: str) -> Task | None:
         item = self.ddb.get_item(TableName=self.table, Key=task_key(task_id), ConsistentRead=True).get("Item")
         return self._task(item) if item else None
 
     def list_tasks(
-        self, tenant: str, status: TaskStatus | None, limit: int, next_token: str | None
+        self, tenant: str, status: TaskStatus | None, limit: int, next_token: str | None, schedule: str | None = None
     ) -> tuple[list[Task], str | None]:
-        if status is None:
+        if schedule is not None:
+            index, attr, partition = SCHEDULE_RUNS_INDEX, "gsi3pk", schedule_runs_partition(tenant, schedule)
+        elif status is None:
             index, attr, partition = TASKS_INDEX, "gsi1pk", tasks_partition(tenant)
         else:
             index, attr, partition = STATUS_INDEX, "gsi2pk", status_partition(tenant, status)
@@ -163,6 +193,10 @@ class DynamoTaskStore:
             "ScanIndexForward": False,
             "Limit": limit,
         }
+        if schedule is not None and status is not None:  # a schedule's runs in one status: filter its partition
+            request["FilterExpression"] = "#status = :status"
+            request["ExpressionAttributeNames"]["#status"] = "status"
+            request["ExpressionAttributeValues"][":status"] = {"S": status.value}
         if next_token:
             request["ExclusiveStartKey"] = _decode_token(next_token, (attr, partition))
         response = self.ddb.query(**request)
@@ -349,3 +383,152 @@ class CloudWatchLogReader:
         ]
         token = response.get("nextForwardToken")
         return events, (token if events and token and token != next_token else None)
+
+
+class DynamoScheduleStore:
+    """Schedules live in the tasks table: one item per schedule, listed by name through gsi1."""
+
+    def __init__(self, table: str, client: Any) -> None:
+        self.table = table
+        self.ddb = client
+
+    def _item(self, schedule: Schedule) -> dict[str, Any]:
+        data = schedule.model_dump(mode="json", exclude_none=True, exclude={"next_run_times"})
+        data.update(
+            pk=f"SCHEDULE#{schedule.tenant}#{schedule.name}",
+            sk="SCHEDULE",
+            gsi1pk=schedules_partition(schedule.tenant),
+            gsi1sk=schedule.name,
+        )
+        return data
+
+    def create(self, schedule: Schedule) -> None:
+        try:
+            self.ddb.put_item(
+                TableName=self.table,
+                Item=_serialize(self._item(schedule)),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except ClientError as exc:
+            if _error_code(exc) == "ConditionalCheckFailedException":
+                raise ScheduleAlreadyExists(schedule.name) from exc
+            raise
+
+    def get(self, tenant: str, name: str) -> Schedule | None:
+        item = self.ddb.get_item(TableName=self.table, Key=schedule_key(tenant, name), ConsistentRead=True).get("Item")
+        return Schedule.model_validate(_deserialize(item)) if item else None
+
+    def list_schedules(self, tenant: str, limit: int, next_token: str | None) -> tuple[list[Schedule], str | None]:
+        partition = schedules_partition(tenant)
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": TASKS_INDEX,
+            "KeyConditionExpression": "gsi1pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": partition}},
+            "Limit": limit,
+        }
+        if next_token:
+            request["ExclusiveStartKey"] = _decode_token(next_token, ("gsi1pk", partition))
+        response = self.ddb.query(**request)
+        last = response.get("LastEvaluatedKey")
+        items = [Schedule.model_validate(_deserialize(i)) for i in response.get("Items", [])]
+        return items, _encode_token(last) if last else None
+
+    def replace(self, schedule: Schedule) -> None:
+        try:
+            self.ddb.put_item(
+                TableName=self.table, Item=_serialize(self._item(schedule)), ConditionExpression="attribute_exists(pk)"
+            )
+        except ClientError as exc:
+            if _error_code(exc) == "ConditionalCheckFailedException":
+                raise ScheduleNotFound(schedule.name) from exc
+            raise
+
+    def delete(self, tenant: str, name: str) -> bool:
+        response = self.ddb.delete_item(TableName=self.table, Key=schedule_key(tenant, name), ReturnValues="ALL_OLD")
+        return "Attributes" in response
+
+    def record_run(self, tenant: str, name: str, run: ScheduleRun) -> None:
+        value = _serializer.serialize(_to_dynamo(run.model_dump(mode="json", exclude_none=True)))
+        try:
+            self.ddb.update_item(
+                TableName=self.table,
+                Key=schedule_key(tenant, name),
+                UpdateExpression="SET last_run = :run",
+                ConditionExpression="attribute_exists(pk) AND "
+                "(attribute_not_exists(last_run) OR last_run.scheduled_time <= :time)",
+                ExpressionAttributeValues={
+                    ":run": value,
+                    ":time": {"S": run.model_dump(mode="json")["scheduled_time"]},
+                },
+            )
+        except ClientError as exc:
+            if _error_code(exc) != "ConditionalCheckFailedException":  # deleted meanwhile, or a later run is recorded
+                raise
+
+
+class EventBridgeScheduler:
+    """Each schedule is an EventBridge Scheduler schedule in the stack's group, targeting the scheduled-submission
+    function: no flexible window, retries, and a dead-letter queue for runs that could not be delivered."""
+
+    RETRY_POLICY = {"MaximumEventAgeInSeconds": 3600, "MaximumRetryAttempts": 3}
+
+    def __init__(self, group: str, role_arn: str, target_arn: str, dead_letter_arn: str | None, client: Any) -> None:
+        self.group = group
+        self.role_arn = role_arn
+        self.target_arn = target_arn
+        self.dead_letter_arn = dead_letter_arn
+        self.scheduler = client
+
+    @staticmethod
+    def schedule_name(tenant: str, name: str) -> str:
+        return f"{tenant}.{name}"[:64]
+
+    def request(self, schedule: Schedule) -> dict[str, Any]:
+        target: dict[str, Any] = {
+            "Arn": self.target_arn,
+            "RoleArn": self.role_arn,
+            "Input": json.dumps(
+                {
+                    "tenant": schedule.tenant,
+                    "schedule_name": schedule.name,
+                    "scheduled_time": "<aws.scheduler.scheduled-time>",
+                }
+            ),
+            "RetryPolicy": self.RETRY_POLICY,
+        }
+        if self.dead_letter_arn:
+            target["DeadLetterConfig"] = {"Arn": self.dead_letter_arn}
+        request: dict[str, Any] = {
+            "Name": self.schedule_name(schedule.tenant, schedule.name),
+            "GroupName": self.group,
+            "ScheduleExpression": schedule.schedule_expression,
+            "ScheduleExpressionTimezone": schedule.timezone,
+            "State": "ENABLED" if schedule.enabled else "DISABLED",
+            "FlexibleTimeWindow": {"Mode": "OFF"},
+            "Target": target,
+            "ActionAfterCompletion": "NONE",
+        }
+        if schedule.description:
+            request["Description"] = schedule.description
+        if schedule.start_date:
+            request["StartDate"] = schedule.start_date
+        if schedule.end_date:
+            request["EndDate"] = schedule.end_date
+        return request
+
+    def put(self, schedule: Schedule) -> None:
+        request = self.request(schedule)
+        try:
+            self.scheduler.create_schedule(**request)
+        except ClientError as exc:
+            if _error_code(exc) != "ConflictException":
+                raise
+            self.scheduler.update_schedule(**request)
+
+    def delete(self, tenant: str, name: str) -> None:
+        try:
+            self.scheduler.delete_schedule(Name=self.schedule_name(tenant, name), GroupName=self.group)
+        except ClientError as exc:
+            if _error_code(exc) != "ResourceNotFoundException":
+                raise

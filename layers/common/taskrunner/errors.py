@@ -17,6 +17,14 @@ class TaskNotFound(TaskRunnerError):
         self.task_id = task_id
 
 
+class TaskAlreadyExists(TaskRunnerError):
+    code = "TASK_ALREADY_EXISTS"
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task {task_id!r} already exists")
+        self.task_id = task_id
+
+
 class TaskAlreadyTerminal(TaskRunnerError):
     code = "TASK_ALREADY_TERMINAL"
 
@@ -47,3 +55,17 @@ class OrchestrationUnavailable(TaskRunnerError):
     """The workflow engine refused to start an execution; the task was marked FAILED."""
 
     code = "ORCHESTRATION_UNAVAILABLE"
+
+
+class ScheduleNotFound(TaskRunnerError):
+    code = "SCHEDULE_NOT_FOUND"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"schedule {name!r} does not exist")
+
+
+class ScheduleAlreadyExists(TaskRunnerError):
+    code = "SCHEDULE_ALREADY_EXISTS"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"schedule {name!r} already exists")

@@ -8,7 +8,10 @@ from typing import Any
 from taskrunner.errors import (
     InvalidParameter,
     OrchestrationUnavailable,
+    ScheduleAlreadyExists,
+    ScheduleNotFound,
     StaleStatus,
+    TaskAlreadyExists,
     TaskAlreadyTerminal,
     TaskNotFound,
     TaskRunnerError,
@@ -18,7 +21,10 @@ from taskrunner.models import ErrorBody, ErrorDetail, ErrorResponse
 #: status for each domain error; anything not listed is a 500.
 STATUS_BY_ERROR: dict[type[TaskRunnerError], int] = {
     TaskNotFound: 404,
+    ScheduleNotFound: 404,
     TaskAlreadyTerminal: 409,
+    TaskAlreadyExists: 409,
+    ScheduleAlreadyExists: 409,
     StaleStatus: 409,
     InvalidParameter: 422,
     OrchestrationUnavailable: 503,

@@ -206,6 +206,8 @@ class Task(BaseModel):
     ecs_task_arn: str | None = None
     execution_arn: str | None = None
     metering: Metering | None = None
+    schedule: Annotated[str | None, Field(description="The schedule that started this task, if any")] = None
+    scheduled_time: datetime | None = None
 
 
 class TaskPage(BaseModel):

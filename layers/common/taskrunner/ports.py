@@ -10,14 +10,15 @@ from taskrunner.models import LogEvent, Metering, Task, TaskStatus
 
 class TaskStore(Protocol):
     def create(self, task: Task) -> None:
-        """Store a new task; never overwrites an existing one."""
+        """Store a new task; never overwrites an existing one (raises TaskAlreadyExists)."""
 
     def get(self, task_id: str) -> Task | None: ...
 
     def list_tasks(
-        self, tenant: str, status: TaskStatus | None, limit: int, next_token: str | None
+        self, tenant: str, status: TaskStatus | None, limit: int, next_token: str | None, schedule: str | None = None
     ) -> tuple[list[Task], str | None]:
-        """Newest first. Raises InvalidParameter for a token it did not issue."""
+        """Newest first, optionally only one schedule's runs. Raises InvalidParameter for a token it did not
+        issue."""
 
     def transition(self, task: Task, new_status: TaskStatus, changes: dict[str, Any]) -> Task:
         """Move `task` from its current (stored) status to `new_status`, applying `changes`.

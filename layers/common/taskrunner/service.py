@@ -20,6 +20,7 @@ from taskrunner.errors import (
     InvalidParameter,
     OrchestrationUnavailable,
     StaleStatus,
+    TaskAlreadyExists,
     TaskAlreadyTerminal,
     TaskNotFound,
 )
@@ -80,8 +81,17 @@ class _MonotonicIds:
             else:
                 random = secrets.randbits(80)
             self._last_ms, self._last_random = ms, random
-        value = (ms << 80) | random
-        return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+        return _encode_id(ms, random)
+
+
+def _encode_id(ms: int, random: int) -> str:
+    value = (ms << 80) | (random & ((1 << 80) - 1))
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def task_id_at(moment: datetime, random: int) -> str:
+    """A task id for `moment` with the given 80 random bits (deterministic ids for scheduled runs)."""
+    return _encode_id(int(moment.timestamp() * 1000), random)
 
 
 new_task_id = _MonotonicIds()
@@ -129,20 +139,35 @@ class TaskService:
 
     # ------------------------------------------------------------------ submission
 
-    def submit(self, tenant: str, spec: TaskSpec) -> Task:
+    def submit(
+        self,
+        tenant: str,
+        spec: TaskSpec,
+        *,
+        task_id: str | None = None,
+        schedule: str | None = None,
+        scheduled_time: datetime | None = None,
+    ) -> Task:
+        """The one submission path (HTTP, schedules, tests). A caller-chosen `task_id` makes it idempotent:
+        submitting the same id again returns the task that exists."""
         now = self.clock()
-        task_id = self.new_id()
+        task_id = task_id or self.new_id()
         task = Task(
             task_id=task_id,
             tenant=tenant,
-            name=spec.name,
+            name=spec.name or schedule,
             status=TaskStatus.SUBMITTED,
             spec=spec,
             created_at=now,
             updated_at=now,
             execution_arn=execution_arn_for(self.settings.state_machine_arn, task_id),
+            schedule=schedule,
+            scheduled_time=scheduled_time,
         )
-        self.store.create(task)
+        try:
+            self.store.create(task)
+        except TaskAlreadyExists:
+            return self._reload(task_id)
         try:
             self.orchestrator.start(task_id, self.execution_input(task))
         except OrchestrationUnavailable as exc:
@@ -156,6 +181,11 @@ class TaskService:
             {"Key": "taskrunner:task-id", "Value": task.task_id},
             {"Key": "taskrunner:tenant", "Value": task.tenant},
         ]
+        if task.schedule:
+            tags.append({"Key": "taskrunner:schedule", "Value": task.schedule})
+        if task.scheduled_time:
+            scheduled = task.scheduled_time.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            tags.append({"Key": "taskrunner:scheduled-time", "Value": scheduled})
         tags += [{"Key": k, "Value": v} for k, v in (spec.tags or {}).items()]
         return {
             "task_id": task.task_id,
@@ -183,9 +213,16 @@ class TaskService:
             raise TaskNotFound(task_id)
         return task
 
-    def list_tasks(self, tenant: str, status: TaskStatus | None, limit: int, next_token: str | None) -> TaskPage:
-        items, token = self.store.list_tasks(tenant, status, limit, next_token)
+    def list_tasks(
+        self, tenant: str, status: TaskStatus | None, limit: int, next_token: str | None, schedule: str | None = None
+    ) -> TaskPage:
+        items, token = self.store.list_tasks(tenant, status, limit, next_token, schedule)
         return TaskPage(items=items, next_token=token)
+
+    def active_runs(self, tenant: str, schedule: str, look_back: int = 100) -> list[Task]:
+        """The schedule's runs that have not finished (newest first, among its last `look_back` runs)."""
+        items, _ = self.store.list_tasks(tenant, None, look_back, None, schedule)
+        return [task for task in items if not task.status.terminal]
 
     def logs_of(self, tenant: str, task_id: str, limit: int, next_token: str | None) -> LogPage:
         task = self.get(tenant, task_id)
@@ -218,17 +255,17 @@ class TaskService:
 
     # ------------------------------------------------------------------ cancellation and timeout
 
-    def cancel(self, tenant: str, task_id: str) -> Task:
+    def cancel(self, tenant: str, task_id: str, reason: str = CANCEL_REASON) -> Task:
         task = self.get(tenant, task_id)
-        task = self._move_to(task, TaskStatus.CANCELLED, CANCEL_REASON, raise_if_terminal=True)
+        task = self._move_to(task, TaskStatus.CANCELLED, reason, raise_if_terminal=True)
         if task.execution_arn:
-            self.orchestrator.stop(task.execution_arn, CANCEL_REASON)
+            self.orchestrator.stop(task.execution_arn, reason)
         ecs_task_arn = task.ecs_task_arn or self._find_ecs_task(task)
         if ecs_task_arn:
             # The ECS task's STOPPED event finalizes and meters it (the execution no longer will).
-            self.compute.stop_task(ecs_task_arn, CANCEL_REASON)
+            self.compute.stop_task(ecs_task_arn, reason)
             return self._remember_arn(task, ecs_task_arn)
-        return self.finalize(task_id, Outcome.NOT_STARTED, None, reason=CANCEL_REASON)
+        return self.finalize(task_id, Outcome.NOT_STARTED, None, reason=reason)
 
     def stop_for_timeout(self, task_id: str) -> str | None:
         """Mark the task TIMED_OUT and stop its ECS task. Returns the ECS task ARN, if there is one."""

@@ -23,6 +23,13 @@ class Settings(BaseModel):
     region: str = Field("us-east-1", validation_alias="AWS_REGION")
     price_table_json: str | None = Field(None, validation_alias="PRICE_TABLE_JSON")
     idempotency_ttl_seconds: int = Field(86_400, validation_alias="IDEMPOTENCY_TTL_SECONDS")
+    schedule_group: str = Field("default", validation_alias="SCHEDULE_GROUP_NAME")
+    scheduler_role_arn: str = Field("arn:aws:iam::123456789012:role/scheduler", validation_alias="SCHEDULER_ROLE_ARN")
+    scheduled_submit_function_arn: str = Field(
+        "arn:aws:lambda:us-east-1:123456789012:function:scheduled-submit",
+        validation_alias="SCHEDULED_SUBMIT_FUNCTION_ARN",
+    )
+    schedules_dead_letter_queue_arn: str | None = Field(None, validation_alias="SCHEDULES_DLQ_ARN")
 
     def price_table(self) -> dict[str, dict[str, Any]] | None:
         return json.loads(self.price_table_json) if self.price_table_json else None

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from functools import cache
 
-from taskrunner.adapters import CloudWatchLogReader, DynamoTaskStore, EcsCompute, StepFunctionsOrchestrator
+from taskrunner.adapters import (
+    CloudWatchLogReader,
+    DynamoScheduleStore,
+    DynamoTaskStore,
+    EcsCompute,
+    EventBridgeScheduler,
+    StepFunctionsOrchestrator,
+)
 from taskrunner.aws import client
+from taskrunner.schedules import ScheduleService
 from taskrunner.service import TaskService
 from taskrunner.settings import get_settings
 
@@ -22,11 +30,28 @@ def task_service() -> TaskService:
     )
 
 
+@cache
+def schedule_service() -> ScheduleService:
+    settings = get_settings()
+    return ScheduleService(
+        store=DynamoScheduleStore(settings.tasks_table, client("dynamodb")),
+        scheduler=EventBridgeScheduler(
+            settings.schedule_group,
+            settings.scheduler_role_arn,
+            settings.scheduled_submit_function_arn,
+            settings.schedules_dead_letter_queue_arn,
+            client("scheduler"),
+        ),
+        tasks=task_service(),
+    )
+
+
 def reset() -> None:
     """Forget the cached service, settings and clients (for tests that change the environment)."""
     from taskrunner.aws import reset_clients
     from taskrunner.settings import get_settings as settings_factory
 
     task_service.cache_clear()
+    schedule_service.cache_clear()
     settings_factory.cache_clear()
     reset_clients()
