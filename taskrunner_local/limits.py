@@ -20,6 +20,27 @@ CPU_PERIOD_US = 100_000
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+def _oom_kills(counters: Path) -> int:
+    """The `oom_kill` counter of a cgroup's memory.oom_control (v1) or memory.events (v2) file."""
+    try:
+        for line in counters.read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _remove_cgroup(directory: Path) -> None:
+    """A cgroup can be removed once its last process is gone, which the kernel notes a moment later."""
+    for _ in range(50):
+        try:
+            directory.rmdir()
+            return
+        except OSError:
+            time.sleep(0.02)
+
+
 class TaskLimits:
     """The limits of one task. `enter()` runs in the child between fork and exec."""
 
@@ -67,24 +88,12 @@ class _CgroupV1Limits(TaskLimits):
                 handle.write(pid)
 
     def oom_killed(self) -> bool:
-        try:
-            for line in (self.memory_dir / "memory.oom_control").read_text().splitlines():
-                if line.startswith("oom_kill ") and int(line.split()[1]) > 0:
-                    return True
-        except OSError:
-            pass
-        return self.killed_for_memory
+        return _oom_kills(self.memory_dir / "memory.oom_control") > 0 or self.killed_for_memory
 
     def close(self) -> None:
         for directory in (self.memory_dir, self.cpu_dir):
-            if directory is None:
-                continue
-            for _ in range(50):
-                try:
-                    directory.rmdir()
-                    break
-                except OSError:
-                    time.sleep(0.02)
+            if directory is not None:
+                _remove_cgroup(directory)
 
 
 class _CgroupV2Limits(TaskLimits):
@@ -104,21 +113,10 @@ class _CgroupV2Limits(TaskLimits):
             handle.write(str(os.getpid()))
 
     def oom_killed(self) -> bool:
-        try:
-            for line in (self.dir / "memory.events").read_text().splitlines():
-                if line.startswith("oom_kill ") and int(line.split()[1]) > 0:
-                    return True
-        except OSError:
-            pass
-        return self.killed_for_memory
+        return _oom_kills(self.dir / "memory.events") > 0 or self.killed_for_memory
 
     def close(self) -> None:
-        for _ in range(50):
-            try:
-                self.dir.rmdir()
-                return
-            except OSError:
-                time.sleep(0.02)
+        _remove_cgroup(self.dir)
 
 
 class _WatchedLimits(TaskLimits):

@@ -12,7 +12,15 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from taskrunner.errors import ScheduleNotFound, TaskAlreadyTerminal
@@ -75,23 +83,15 @@ class ScheduleSpec(BaseModel):
     start_date: datetime | None = None
     end_date: datetime | None = None
 
-    @field_validator("schedule_expression")
+    @field_validator("schedule_expression", "timezone")
     @classmethod
-    def _valid_expression(cls, text: str) -> str:
+    def _readable_by_the_scheduler(cls, value: str, info: ValidationInfo) -> str:
+        parse = parse_schedule_expression if info.field_name == "schedule_expression" else parse_timezone
         try:
-            parse_schedule_expression(text)
+            parse(value)
         except ScheduleExpressionError as exc:
-            raise PydanticCustomError("schedule_expression", exc.rule) from exc
-        return text
-
-    @field_validator("timezone")
-    @classmethod
-    def _valid_timezone(cls, name: str) -> str:
-        try:
-            parse_timezone(name)
-        except ScheduleExpressionError as exc:
-            raise PydanticCustomError("timezone", exc.rule) from exc
-        return name
+            raise PydanticCustomError(info.field_name or "value", exc.rule) from exc
+        return value
 
     @field_validator("start_date", "end_date")
     @classmethod
@@ -279,7 +279,7 @@ class ScheduleService:
         else:
             raise ScheduleNotFound(name)
         task_id = scheduled_task_id(tenant, name, scheduled_time)
-        if self.tasks.store.get(task_id) is not None:  # the same run delivered again
+        if self.tasks.exists(task_id):  # the same run delivered again
             return FireResult(schedule=name, scheduled_time=scheduled_time, outcome=RunOutcome.STARTED, task_id=task_id)
         active = [t for t in self.tasks.active_runs(tenant, name) if t.task_id != task_id]
         cancelled: list[str] = []

@@ -207,6 +207,9 @@ class TaskService:
 
     # ------------------------------------------------------------------ reads
 
+    def exists(self, task_id: str) -> bool:
+        return self.store.get(task_id) is not None
+
     def get(self, tenant: str, task_id: str) -> Task:
         task = self.store.get(task_id)
         if task is None or task.tenant != tenant:
