@@ -286,3 +286,15 @@ def test_a_workflow_error_leaves_a_task_that_ecs_runs_to_its_ecs_events(world):
     assert lost.status is TaskStatus.SUBMITTED and lost.ecs_task_arn == ARN and lost.metering is None
     done = service.on_ecs_task_state_change(stopped(task.task_id))
     assert done.status is TaskStatus.SUCCEEDED and done.metering.billed_seconds == 60
+
+
+def test_a_repeated_submission_starts_a_task_whose_first_attempt_stopped_before_the_workflow(world):
+    service, store, orchestrator, *_ = world
+    first = service.submit("default", TaskSpec(image="busybox"), task_id="01JDQ5ZC8W0000000000000001")
+    orchestrator.started.clear()  # as if the first attempt had died before StartExecution
+    again = service.submit("default", TaskSpec(image="busybox"), task_id=first.task_id)
+    assert again.task_id == first.task_id and list(orchestrator.started) == [first.task_id]
+    service.finalize(first.task_id, Outcome.COMPLETED, stopped(first.task_id))
+    orchestrator.started.clear()
+    assert service.submit("default", TaskSpec(image="busybox"), task_id=first.task_id).status is TaskStatus.SUCCEEDED
+    assert orchestrator.started == {}  # a finished task is never started again

@@ -279,8 +279,11 @@ class ScheduleService:
         else:
             raise ScheduleNotFound(name)
         task_id = scheduled_task_id(tenant, name, scheduled_time)
-        if self.tasks.exists(task_id):  # the same run delivered again
-            return FireResult(schedule=name, scheduled_time=scheduled_time, outcome=RunOutcome.STARTED, task_id=task_id)
+        if self.tasks.exists(task_id):  # the same run delivered again: make sure it was started, once
+            task = self._submit(tenant, name, task_spec, scheduled_time, task_id=task_id)
+            return FireResult(
+                schedule=name, scheduled_time=scheduled_time, outcome=RunOutcome.STARTED, task_id=task.task_id
+            )
         active = [t for t in self.tasks.active_runs(tenant, name) if t.task_id != task_id]
         cancelled: list[str] = []
         if active and policy is OverlapPolicy.FORBID:

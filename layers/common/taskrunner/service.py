@@ -167,7 +167,11 @@ class TaskService:
         try:
             self.store.create(task)
         except TaskAlreadyExists:
-            return self._reload(task_id)
+            task = self._reload(task_id)
+            if task.status is not TaskStatus.SUBMITTED:
+                return task
+            # A repeated submission whose first attempt may have stopped before starting the workflow: start it
+            # (an execution of that name that exists already counts as started).
         try:
             self.orchestrator.start(task_id, self.execution_input(task))
         except OrchestrationUnavailable as exc:
