@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from taskrunner_local.aws_inside import AwsInside
+from taskrunner_local.aws_inside import AwsInside, iso_timestamp
 from taskrunner_local.limits import LimitsFactory
 
 LOG_FLUSH_SECONDS = 0.2
@@ -218,7 +218,7 @@ class FargateAgent:
         try:
             launch = self._resolve(running)
         except Exception as exc:  # a task definition we cannot read: the task cannot start
-            self._finish(running, None, stop_code="TaskFailedToStart", reason=f"ResourceInitializationError: {exc}")
+            self._finish(running, stop_code="TaskFailedToStart", reason=f"ResourceInitializationError: {exc}")
             return
         running.stop_timeout = launch.stop_timeout
         task.cpu, task.memory = str(launch.cpu_units), str(launch.memory_mib)
@@ -231,7 +231,7 @@ class FargateAgent:
         task.connectivity_at = _now()
         with self._slots:
             if running.stop_requested.is_set():
-                self._finish(running, launch, stop_code="UserInitiated", reason=running.stop_reason)
+                self._finish(running, stop_code="UserInitiated", reason=running.stop_reason)
                 return
             task._status = "PENDING"
             self._emit(task)
@@ -244,7 +244,6 @@ class FargateAgent:
         if not launch.command:
             self._finish(
                 running,
-                launch,
                 stop_code="TaskFailedToStart",
                 reason="CannotStartContainerError: the task has no command; local process mode runs only "
                 "tasks with a command",
@@ -276,7 +275,7 @@ class FargateAgent:
                 )
             except (OSError, subprocess.SubprocessError) as exc:
                 shipper.line(f"CannotStartContainerError: {exc}")
-                self._finish(running, launch, stop_code="TaskFailedToStart", reason=f"CannotStartContainerError: {exc}")
+                self._finish(running, stop_code="TaskFailedToStart", reason=f"CannotStartContainerError: {exc}")
                 return
             running.process = process
             task.local_process_group = process.pid  # lets a restarted agent find what this one left running
@@ -307,11 +306,10 @@ class FargateAgent:
                 container.exitCode = exit_code
                 container.reason = OOM_REASON if oom else None
             if running.stop_requested.is_set():
-                self._finish(running, launch, stop_code="UserInitiated", reason=running.stop_reason, shipper=shipper)
+                self._finish(running, stop_code="UserInitiated", reason=running.stop_reason, shipper=shipper)
             else:
                 self._finish(
                     running,
-                    launch,
                     stop_code="EssentialContainerExited",
                     reason="Essential container in task exited",
                     shipper=shipper,
@@ -351,7 +349,6 @@ class FargateAgent:
     def _finish(
         self,
         running: _RunningTask,
-        launch: _Launch | None,
         *,
         stop_code: str,
         reason: str | None,
@@ -360,12 +357,11 @@ class FargateAgent:
         task = running.task
         if self._detached:  # a replaced agent leaves its tasks to the one that replaced it
             return
-        now = _now()
-        task.stopping_at = task.stopping_at or running.stop_requested_at or now
-        task.execution_stopped_at = task.execution_stopped_at or now
         task._status = "DEPROVISIONING"
         if shipper is not None:
             shipper.close()  # every line is in the log stream before the task reports STOPPED
+            if shipper.lost:
+                self.on_log(f"{shipper.lost} log line(s) of {task.task_arn} could not be written to its log stream")
         if stop_code == "TaskFailedToStart":
             for container in task.containers:
                 container.reason = reason
@@ -392,7 +388,7 @@ class FargateAgent:
         """An "ECS Task State Change" event, shaped as AWS sends it, to the default event bus."""
         try:
             detail = self.aws.describe_task(task)
-            detail["updatedAt"] = _iso(_now())
+            detail["updatedAt"] = iso_timestamp(_now())
             self.aws.put_event("aws.ecs", "ECS Task State Change", detail, [task.task_arn])
         except Exception as exc:  # the event path is a safety net; the workflow still finishes the task
             self.on_log(f"could not emit the state change of {task.task_arn}: {exc!r}")
@@ -439,9 +435,3 @@ class FargateAgent:
         for task in running:
             if task.thread is not None:
                 task.thread.join(timeout=5)
-
-
-def _iso(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return str(value)

@@ -24,9 +24,11 @@ def _describe_tasks_serializer() -> Any:
     return JSONSerializer(operation_model=operation, value_picker=XFormedAttributePicker())
 
 
-def _iso(epoch_seconds: float) -> str:
-    moment = datetime.fromtimestamp(epoch_seconds, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def iso_timestamp(moment: datetime | float) -> str:
+    """A datetime or epoch seconds as ECS events write timestamps: ISO-8601, milliseconds, UTC, `Z`."""
+    if not isinstance(moment, datetime):
+        moment = datetime.fromtimestamp(moment, tz=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class AwsInside:
@@ -47,7 +49,7 @@ class AwsInside:
         described: dict[str, Any] = json.loads(body)["tasks"][0]
         for key, value in list(described.items()):
             if key.endswith("At") and isinstance(value, int | float):
-                described[key] = _iso(value)
+                described[key] = iso_timestamp(value)
         return described
 
     def put_event(self, source: str, detail_type: str, detail: dict[str, Any], resources: list[str]) -> None:

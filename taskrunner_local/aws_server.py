@@ -53,12 +53,6 @@ class AwsServer:
             self._server.stop()
             self._server = None
 
-    def session(self) -> boto3.session.Session:
-        return boto3.session.Session(region_name=self.config.region)
-
-    def client(self, service: str):  # type: ignore[no-untyped-def]
-        return self.session().client(service, endpoint_url=self.config.aws_endpoint)
-
 
 class EndpointSession:
     """A boto3 session whose clients all talk to the local endpoint."""

@@ -54,6 +54,19 @@ _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 _PLACEHOLDER_WITH_ATTRIBUTE = re.compile(r"\$\{([\w]+(?:\.[\w]+)?)\}")
 
 
+def render_definition(text: str, substitutions: dict[str, Any]) -> str:
+    """A state machine definition with its `${Name}` placeholders replaced, as `DefinitionSubstitutions` does;
+    a placeholder without a value is an error, not left in place."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in substitutions:
+            raise KeyError(f"the state machine uses ${{{name}}}, which DefinitionSubstitutions does not define")
+        return str(substitutions[name])
+
+    return _PLACEHOLDER.sub(value, text)
+
+
 @dataclass
 class Deployment:
     stack_name: str
@@ -63,9 +76,6 @@ class Deployment:
     function_names: dict[str, str] = field(default_factory=dict)  # logical id -> physical name
     state_machine_arn: str = ""
     delivery_stream: str | None = None
-
-    def physical(self, logical_id: str) -> str:
-        return self.physical_ids[logical_id]
 
 
 def _zip_dir(path: Path) -> bytes:
@@ -329,13 +339,7 @@ class Deployer:
             else json.dumps(source["Definition"])
         )
 
-        def value(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in substitutions:
-                raise KeyError(f"the state machine uses ${{{name}}}, which DefinitionSubstitutions does not define")
-            return str(substitutions[name])
-
-        return _PLACEHOLDER.sub(value, text)
+        return render_definition(text, substitutions)
 
     def _create_deferred(
         self, logical_id: str, resource_type: str, name: str, props: dict[str, Any], deployment: Deployment

@@ -47,7 +47,6 @@ class FunctionSpec:
 class Invocation:
     result: Any = None
     error: dict[str, Any] | None = None
-    duration_ms: float = 0.0
 
     @property
     def payload(self) -> bytes:
@@ -224,12 +223,6 @@ class LambdaRuntime:
         name = function.split(":function:", 1)[-1].split(":", maxsplit=1)[0] if ":function:" in function else function
         return self._names.get(name)
 
-    def spec(self, function: str) -> FunctionSpec:
-        logical_id = self._logical_id(function)
-        if logical_id is None:
-            raise KeyError(f"no function {function!r}")
-        return self._pools[logical_id].spec
-
     def warm(self) -> None:
         """Start one execution environment per function, in parallel, so first requests are warm."""
 
@@ -252,7 +245,6 @@ class LambdaRuntime:
                 error={"errorType": "ResourceNotFoundException", "errorMessage": f"Function not found: {function}"}
             )
         pool = self._pools[logical_id]
-        started = time.perf_counter()
         try:
             worker = pool.acquire()
         except WorkerDied as exc:
@@ -261,7 +253,6 @@ class LambdaRuntime:
             invocation = worker.invoke(event, str(uuid.uuid4()))
         finally:
             pool.release(worker)
-        invocation.duration_ms = (time.perf_counter() - started) * 1000
         return invocation
 
     def invoke_async(self, function: str, event: Any) -> None:

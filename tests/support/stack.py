@@ -5,13 +5,14 @@ Table definitions are read from template.yaml so that tests and the deployed sta
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
 from samtranslator.yaml_helper import yaml_parse
+
+from taskrunner_local.deploy import render_definition
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -38,8 +39,7 @@ def table_request(logical_id: str, name: str) -> dict[str, Any]:
 
 
 def render_state_machine(substitutions: dict[str, str]) -> str:
-    text = STATE_MACHINE.read_text()
-    return re.sub(r"\$\{(\w+)\}", lambda m: substitutions[m.group(1)], text)
+    return render_definition(STATE_MACHINE.read_text(), substitutions)
 
 
 @dataclass

@@ -52,6 +52,7 @@ from taskrunner.models import Architecture, Capacity, TaskSpec
 from taskrunner.service import Outcome, TaskService
 from taskrunner.settings import Settings
 
+from taskrunner_local.deploy import render_definition
 from tests.support.fakes import FakeCompute, FakeLogs, InMemoryTaskStore, RecordingOrchestrator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,18 +94,14 @@ LAMBDA_SERVICE_ERRORS = {
 MACHINE_WRITTEN_KEYS = {"prepared", "ecs_task", "error", "stopped", "stop_error", "described", "stop_polls"}
 
 
-def render_definition(substitutions: dict[str, str]) -> str:
+def render(substitutions: dict[str, str]) -> str:
     """The definition as CloudFormation's DefinitionSubstitutions would deliver it."""
-    raw = DEFINITION_PATH.read_text()
-    missing = sorted(set(PLACEHOLDER.findall(raw)) - substitutions.keys())
-    if missing:
-        raise KeyError(f"no value for substitutions {missing}")
-    return PLACEHOLDER.sub(lambda m: substitutions[m.group(1)], raw)
+    return render_definition(DEFINITION_PATH.read_text(), substitutions)
 
 
 @pytest.fixture(scope="module")
 def definition() -> dict[str, Any]:
-    return json.loads(render_definition(SUBSTITUTIONS))
+    return json.loads(render(SUBSTITUTIONS))
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +161,7 @@ def test_the_definition_uses_exactly_the_known_substitutions() -> None:
 
 
 def test_the_rendered_definition_parses_with_motos_asl_parser() -> None:
-    program, _ = AmazonStateLanguageParser.parse(render_definition(SUBSTITUTIONS))
+    program, _ = AmazonStateLanguageParser.parse(render(SUBSTITUTIONS))
     assert program is not None
 
 
@@ -442,7 +439,7 @@ class Run:
     the same response every time."""
 
     def __init__(self, execution_input: dict[str, Any], responses: dict[str, Any]) -> None:
-        document = json.loads(render_definition(SUBSTITUTIONS))
+        document = json.loads(render(SUBSTITUTIONS))
         document["States"]["WaitForStop"]["Seconds"] = 0  # poll without waiting
         test_case = MockTestCase(
             state_machine_name="taskrunner-run-task",

@@ -290,12 +290,6 @@ class DynamoTaskStore:
                 return rows
             request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
-    def metering_record(self, metering_key: str) -> dict[str, Any] | None:
-        item = self.ddb.get_item(
-            TableName=self.table, Key={"pk": {"S": f"METER#{metering_key}"}, "sk": {"S": "METER"}}
-        ).get("Item")
-        return _deserialize(item) if item else None
-
 
 class StepFunctionsOrchestrator:
     def __init__(self, state_machine_arn: str, client: Any) -> None:
