@@ -23,6 +23,8 @@ def free_port() -> int:
 
 def _check_port(host: str, port: int, variable: str) -> None:
     with socket.socket() as probe:
+        # as the servers bind: a port whose last connections linger in TIME_WAIT is free, one listened on is not
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
