@@ -8,8 +8,10 @@ SAM := $(SAM_VENV)/bin/sam
 PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)
 PY313 := $(PYENV_ROOT)/versions/3.13.0/bin
 SAM_PATH := PATH=$(PY313):$$PATH
+CHECKOV_VENV := .tools/checkov
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
 
-.PHONY: help run demo bench venv sam-cli test test-fast lint typecheck cfn-lint validate build events clean
+.PHONY: help run demo bench venv sam-cli checkov-cli test test-fast lint typecheck cfn-lint checkov validate build events clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -42,7 +44,15 @@ $(SAM_VENV)/.installed: requirements-sam.txt
 
 sam-cli: $(SAM_VENV)/.installed ## install SAM CLI in its own tool environment (it pins an older boto3)
 
-test: venv sam-cli ## run lint, type checks and every test (unit, integration, template, packaging)
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
+	touch $@
+
+checkov-cli: $(CHECKOV_VENV)/.installed ## install checkov in its own tool environment (its dependencies clash with ours)
+
+test: venv sam-cli checkov-cli ## run lint, type checks and every test (unit, integration, template, packaging)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -55,11 +65,14 @@ test-fast: venv ## unit and integration tests only
 lint: venv ## ruff lint and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-typecheck: venv ## mypy (strict, pydantic plugin) on the layer
+typecheck: venv ## mypy (strict, pydantic plugin) on the layer, the functions and the local stack
 	$(BIN)/mypy
 
 cfn-lint: venv ## cfn-lint on template.yaml
 	$(BIN)/cfn-lint template.yaml
+
+checkov: checkov-cli ## checkov security checks on template.yaml (tests/template/test_checkov.py asserts none fails)
+	$(CHECKOV) -f template.yaml --framework cloudformation --skip-download --compact --quiet
 
 validate: sam-cli ## sam validate --lint
 	$(SAM_PATH) $(SAM) validate --lint

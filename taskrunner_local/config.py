@@ -38,6 +38,11 @@ class LocalConfig:
     lambda_concurrency: int = field(default_factory=lambda: _int("TASKRUNNER_LAMBDA_CONCURRENCY", 6))
     #: API Gateway HTTP APIs accept payloads up to 10 MB
     max_request_bytes: int = field(default_factory=lambda: _int("TASKRUNNER_MAX_REQUEST_BYTES", 10 * 1024 * 1024))
+    #: the rate() schedules template.yaml declares (the reconciler's, every 5 minutes) fire locally at least this
+    #: often, in seconds; 0 keeps their own rate
+    template_schedule_interval_seconds: float = field(
+        default_factory=lambda: _float("TASKRUNNER_TEMPLATE_SCHEDULE_INTERVAL", 30.0)
+    )
     #: print each Lambda invocation's own log lines on the console
     echo_function_logs: bool = field(default_factory=lambda: os.environ.get("TASKRUNNER_QUIET", "") == "")
 

@@ -76,6 +76,8 @@ class Deployment:
     function_names: dict[str, str] = field(default_factory=dict)  # logical id -> physical name
     state_machine_arn: str = ""
     delivery_stream: str | None = None
+    #: the EventBridge Scheduler schedules template.yaml declares: logical id -> schedule ARN
+    schedule_arns: dict[str, str] = field(default_factory=dict)
 
 
 def _zip_dir(path: Path) -> bytes:
@@ -391,7 +393,8 @@ class Deployer:
             for key in ("ScheduleExpressionTimezone", "Description", "StartDate", "EndDate"):
                 if key in props:
                     request[key] = props[key]
-            self.client("scheduler").create_schedule(**request)
+            deployment.schedule_arns[logical_id] = self.client("scheduler").create_schedule(**request)["ScheduleArn"]
+            name = request["Name"]
         elif resource_type == "AWS::ECS::ClusterCapacityProviderAssociations":
             strategy = [
                 {

@@ -15,6 +15,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from typing import Any
 
 
@@ -43,6 +44,8 @@ def _error(exc: BaseException) -> dict[str, Any]:
 
 def main() -> None:
     code_dir, handler_spec, *layer_dirs = sys.argv[1:]
+    # Powertools warns on every request that emitted no business metric (reads emit none): not news locally.
+    warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # the handler's prints go to stderr, the console
     sys.stdout = os.fdopen(1, "w", buffering=1)

@@ -589,6 +589,37 @@ def _patch_events_lambda_targets() -> list[tuple[Any, str, Any]]:
     return [_replace(Rule, "send_to_targets", send_to_targets)]
 
 
+# ---------------------------------------------------------------------------------------------- CloudWatch Logs
+
+#: GetLogEvents returns at most 1 MB of events a page, counting 26 bytes of overhead per event.
+LOG_PAGE_BYTES = 1_048_576
+LOG_EVENT_OVERHEAD_BYTES = 26
+
+
+def _patch_logs_page_size() -> list[tuple[Any, str, Any]]:
+    """moto's GetLogEvents returns every event up to `limit` however large; AWS stops a page at 1 MB."""
+    from moto.logs.models import LogStream
+
+    original = LogStream.get_log_events
+
+    def get_log_events(  # noqa: PLR0917 - moto's own signature
+        self: Any, start_time: Any, end_time: Any, limit: int, next_token: str | None, start_from_head: Any
+    ) -> tuple[list[dict[str, Any]], str | None, str | None]:
+        events, backward, forward = original(self, start_time, end_time, limit, next_token, start_from_head)
+        reading_forward = next_token.startswith("f/") if next_token else bool(start_from_head)
+        if not reading_forward or backward is None:
+            return events, backward, forward
+        size = 0
+        for kept, event in enumerate(events):
+            size += len(event["message"].encode()) + LOG_EVENT_OVERHEAD_BYTES
+            if size > LOG_PAGE_BYTES and kept > 0:
+                last_index = int(backward[2:]) + kept - 1
+                return events[:kept], backward, f"f/{last_index:056d}"
+        return events, backward, forward
+
+    return [_replace(LogStream, "get_log_events", get_log_events)]
+
+
 PATCHES: list[Patch] = [
     Patch(
         "sfn-normalise-parameters",
@@ -639,6 +670,12 @@ PATCHES: list[Patch] = [
         "Concurrent requests race: TransactWriteItems deep-copies whole tables to roll back, fails with "
         "'dictionary changed size during iteration' and loses concurrent writes when it rolls back.",
         _patch_dynamodb_concurrency,
+    ),
+    Patch(
+        "logs-page-size",
+        "GetLogEvents returns every event up to its limit in one page, however many megabytes; AWS stops a "
+        "page at 1 MB, so one page of a task that prints long lines stays small.",
+        _patch_logs_page_size,
     ),
     Patch("lambda-invoke-local", "Lambda functions run only in Docker.", _patch_lambda_invoke),
     Patch("events-lambda-targets", "EventBridge rules cannot target Lambda functions.", _patch_events_lambda_targets),

@@ -181,6 +181,21 @@ class _Pool:
             worker.kill()
 
 
+#: Function log levels shown on the console; TASKRUNNER_VERBOSE=1 shows every line the functions write.
+SHOWN_LOG_LEVELS = frozenset({"WARNING", "ERROR", "CRITICAL"})
+
+
+def is_worth_showing(line: str) -> bool:
+    """The console shows what a person acts on: a function's warnings and errors, and anything it printed
+    that is not a structured log line. Powertools' INFO and DEBUG lines stay in the function's own log."""
+    if os.environ.get("TASKRUNNER_VERBOSE"):
+        return True
+    if not line.startswith('{"level":'):
+        return True
+    level = line[len('{"level":') :].split(",", 1)[0].strip().strip('"')
+    return level in SHOWN_LOG_LEVELS
+
+
 class LambdaRuntime:
     def __init__(
         self,
@@ -212,7 +227,8 @@ class LambdaRuntime:
     @staticmethod
     def _echo(label: str) -> Callable[[str], None]:
         def echo(line: str) -> None:
-            print(f"[{label}] {line}", flush=True)
+            if is_worth_showing(line):
+                print(f"[{label}] {line}", flush=True)
 
         return echo
 

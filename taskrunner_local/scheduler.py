@@ -6,11 +6,12 @@ declared in template.yaml fire alike."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 import uuid
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from taskrunner_local.config import ROOT
@@ -54,6 +55,9 @@ class SchedulerTicker:
         self.on_log = on_log or (lambda line: None)
         self.last_tick = clock()
         self.fired: list[tuple[str, datetime]] = []  # (schedule ARN, scheduled time), for inspection
+        #: schedule ARN -> seconds: schedules fired at this local period instead of their expression (speed_up)
+        self.local_periods: dict[str, float] = {}
+        self._anchor = self.last_tick
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="scheduler-ticker")
 
@@ -97,7 +101,37 @@ class SchedulerTicker:
         self.fired += fired
         return fired
 
+    def speed_up(self, arns: Iterable[str], max_period_seconds: float) -> dict[str, float]:
+        """Fire those of the schedules `arns` whose expression is a rate() slower than `max_period_seconds` every
+        `max_period_seconds` instead, counted from the ticker's start: template.yaml's periodic jobs (the
+        reconciler, every 5 minutes on AWS) run often enough locally to be seen working. Returns the periods set."""
+        wanted = set(arns)
+        if max_period_seconds <= 0:
+            return {}
+        for schedule in self.schedules():
+            if schedule.arn not in wanted:
+                continue
+            try:
+                expression = parse_schedule_expression(schedule.schedule_expression)
+            except ScheduleExpressionError:
+                continue
+            if expression.rate is not None and expression.rate.total_seconds() > max_period_seconds:
+                self.local_periods[schedule.arn] = max_period_seconds
+        return dict(self.local_periods)
+
+    def _every(self, period: float, start: datetime, end: datetime) -> list[datetime]:
+        """anchor + k * period (k >= 1) in (start, end]."""
+        k = max(1, math.floor((start - self._anchor).total_seconds() / period))
+        runs = []
+        while (moment := self._anchor + timedelta(seconds=k * period)) <= end:
+            if moment > start:
+                runs.append(moment)
+            k += 1
+        return runs
+
     def _due(self, schedule: Any, start: datetime, end: datetime) -> list[datetime]:
+        if schedule.arn in self.local_periods:
+            return self._every(self.local_periods[schedule.arn], start, end)
         try:
             expression = parse_schedule_expression(schedule.schedule_expression)
         except ScheduleExpressionError as exc:

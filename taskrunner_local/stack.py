@@ -73,6 +73,7 @@ class LocalStack:
                 self.runtime.invoke_async,
                 on_log=lambda line: print(f"[scheduler] {line}", flush=True),
             )
+            self.ticker.speed_up(self.deployment.schedule_arns.values(), config.template_schedule_interval_seconds)
             self.ticker.start()
         except BaseException:
             self.stop()

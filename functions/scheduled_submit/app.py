@@ -8,7 +8,9 @@ from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from taskrunner.observability import logger, metrics, tracer
 from taskrunner.schedules import ScheduledRunRequest
-from taskrunner.wiring import schedule_service
+from taskrunner.wiring import SUBMISSION, TASKS, require, schedule_service
+
+require(TASKS, SUBMISSION)  # cold start: fail now, naming any missing environment variable
 
 
 @logger.inject_lambda_context(correlation_id_path="schedule_name")

@@ -7,8 +7,10 @@ from typing import Any
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from taskrunner.observability import logger, tracer
-from taskrunner.wiring import task_service
+from taskrunner.wiring import TASKS, require, task_service
 from taskrunner.workflow import StopTaskInput
+
+require(TASKS)  # cold start: fail now, naming any missing environment variable
 
 
 @logger.inject_lambda_context(correlation_id_path="task_id")

@@ -10,7 +10,9 @@ from taskrunner.models import CONTAINER_NAME
 from taskrunner.observability import logger, tracer
 from taskrunner.observation import TaskObservation
 from taskrunner.service import ECS_GROUP_PREFIX
-from taskrunner.wiring import task_service
+from taskrunner.wiring import TASKS, require, task_service
+
+require(TASKS)  # cold start: fail now, naming any missing environment variable
 
 
 @logger.inject_lambda_context

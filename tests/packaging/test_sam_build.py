@@ -25,7 +25,14 @@ ROOT = Path(__file__).resolve().parents[2]
 SAM = ROOT / ".tools" / "sam" / "bin" / "sam"
 EVENTS = ROOT / "events"
 
-FUNCTIONS = ["ApiFunction", "FinalizeFunction", "ScheduledSubmitFunction", "StopTaskFunction", "TaskEventsFunction"]
+FUNCTIONS = [
+    "ApiFunction",
+    "FinalizeFunction",
+    "ReconcilerFunction",
+    "ScheduledSubmitFunction",
+    "StopTaskFunction",
+    "TaskEventsFunction",
+]
 
 # Lambda's environment for the functions, with fake credentials and an endpoint nothing listens on,
 # so an unexpected AWS call fails fast instead of reaching a real account.
@@ -51,6 +58,11 @@ FUNCTION_ENV = {
     "TASK_LOG_STREAM_PREFIX": "task",
     "TASK_FAMILY_PREFIX": "taskrunner",
     "STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:run-task",
+    # Settings have no defaults for resources: the variables only ApiFunction gets, so that it could start.
+    "SCHEDULE_GROUP_NAME": "taskrunner",
+    "SCHEDULER_ROLE_ARN": "arn:aws:iam::123456789012:role/taskrunner-scheduler",
+    "SCHEDULED_SUBMIT_FUNCTION_ARN": "arn:aws:lambda:us-east-1:123456789012:function:taskrunner-scheduled-submit",
+    "SCHEDULES_DLQ_ARN": "arn:aws:sqs:us-east-1:123456789012:taskrunner-schedules-dlq",
 }
 
 # Runs inside the isolated python3.13. argv: function dir, layer dir, event file or "", result file.

@@ -14,6 +14,7 @@ from taskrunner.errors import (
     TaskAlreadyExists,
 )
 from taskrunner.models import LogEvent, Metering, Task, TaskStatus
+from taskrunner.observation import TaskObservation
 from taskrunner.schedules import Schedule, ScheduleRun
 from taskrunner.service import usage_day
 
@@ -22,6 +23,7 @@ class InMemoryTaskStore:
     def __init__(self) -> None:
         self.tasks: dict[str, Task] = {}
         self.metering: dict[str, tuple[str, date, Metering]] = {}
+        self.status_queries = 0
 
     def create(self, task: Task) -> None:
         if task.task_id in self.tasks:
@@ -51,6 +53,30 @@ class InMemoryTaskStore:
         page = items[:limit]
         more = len(items) > limit
         return [copy.deepcopy(t) for t in page], (f"after:{page[-1].task_id}" if more else None)
+
+    def list_in_status(
+        self, tenant, status, limit, next_token, *, created_since=None, unmetered_only=False
+    ) -> tuple[list[Task], str | None]:
+        """Oldest first, like the status index read forwards; tokens are "from:<last task id>"."""
+        items = sorted(
+            (
+                t
+                for t in self.tasks.values()
+                if t.tenant == tenant
+                and t.status == status
+                and (created_since is None or t.task_id >= created_since)
+                and not (unmetered_only and t.metering is not None)
+            ),
+            key=lambda t: t.task_id,
+        )
+        if next_token:
+            if not next_token.startswith("from:"):
+                raise InvalidParameter("next_token", "is not a token this listing issued")
+            items = [t for t in items if t.task_id > next_token.removeprefix("from:")]
+        page = items[:limit]
+        more = len(items) > limit
+        self.status_queries += 1
+        return [copy.deepcopy(t) for t in page], (f"from:{page[-1].task_id}" if more else None)
 
     def _apply(self, task: Task, new_status: TaskStatus | None, changes: dict[str, Any]) -> Task:
         stored = self.tasks.get(task.task_id)
@@ -97,10 +123,31 @@ class RecordingOrchestrator:
         self.stopped.append(execution_arn)
 
 
+class RecordingExecutions:
+    """Executions by ARN: a status each (None: no such execution); stopping one makes it ABORTED."""
+
+    def __init__(self) -> None:
+        self.statuses: dict[str, str] = {}
+        self.stopped: list[tuple[str, str]] = []
+        self.described: list[str] = []
+
+    def status(self, execution_arn: str) -> str | None:
+        self.described.append(execution_arn)
+        return self.statuses.get(execution_arn)
+
+    def stop(self, execution_arn: str, cause: str) -> None:
+        self.stopped.append((execution_arn, cause))
+        if self.statuses.get(execution_arn) == "RUNNING":
+            self.statuses[execution_arn] = "ABORTED"
+
+
 class FakeCompute:
     def __init__(self) -> None:
         self.tasks_by_started_by: dict[str, str] = {}
         self.stopped: list[tuple[str, str]] = []
+        #: what DescribeTasks answers, by ECS task ARN (absent: ECS does not know the task)
+        self.descriptions: dict[str, TaskObservation] = {}
+        self.described: list[str] = []
 
     def find_task(self, task_id: str, group: str, family: str) -> str | None:
         assert group == f"taskrunner:{task_id}" and family.startswith("taskrunner-")
@@ -108,6 +155,10 @@ class FakeCompute:
 
     def stop_task(self, ecs_task_arn: str, reason: str) -> None:
         self.stopped.append((ecs_task_arn, reason))
+
+    def describe_task(self, ecs_task_arn: str) -> TaskObservation | None:
+        self.described.append(ecs_task_arn)
+        return self.descriptions.get(ecs_task_arn)
 
 
 class FakeLogs:

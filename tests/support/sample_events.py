@@ -155,6 +155,8 @@ def function_events() -> dict[str, dict]:
         },
         "finalize/not_started.json": {"task_id": TASK_ID, "outcome": "NOT_STARTED"},
         "stop_task/timeout.json": {"task_id": TASK_ID},
+        # EventBridge Scheduler runs the reconciler every five minutes with this Input (template.yaml)
+        "reconcile/scheduled.json": {"scheduled_time": "2026-11-27T22:30:00Z"},
         # EventBridge Scheduler substitutes <aws.scheduler.scheduled-time> in the target's Input
         "scheduled_submit/scheduled_run.json": {
             "tenant": "default",

@@ -11,6 +11,7 @@ from typing import Any
 
 import boto3
 from samtranslator.yaml_helper import yaml_parse
+from taskrunner.settings import Settings
 
 from taskrunner_local.deploy import render_definition
 
@@ -48,9 +49,11 @@ class Stack:
     idempotency_table: str = "idempotency"
     cluster: str = "taskrunner"
     log_group: str = "/taskrunner/tasks"
-    state_machine_arn: str = ""
+    # The ARNs that create() gets from moto, known beforehand so that environment() is complete before the stack
+    # exists (function modules check their environment when they are imported).
+    state_machine_arn: str = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:run-task"
     schedule_group: str = "taskrunner"
-    schedules_dlq_arn: str = ""
+    schedules_dlq_arn: str = f"arn:aws:sqs:{REGION}:{ACCOUNT}:schedules-dlq"
 
     @property
     def cluster_arn(self) -> str:
@@ -70,6 +73,10 @@ class Stack:
             "SCHEDULED_SUBMIT_FUNCTION_ARN": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:scheduled-submit",
             "SCHEDULES_DLQ_ARN": self.schedules_dlq_arn,
         }
+
+    def settings(self) -> Settings:
+        """The functions' settings for this stack, as they read them from environment() in the region."""
+        return Settings.from_environment({"AWS_REGION": REGION, **self.environment()})
 
     def substitutions(self) -> dict[str, str]:
         fn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function"

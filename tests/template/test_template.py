@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from taskrunner.settings import Settings
+from taskrunner.wiring import IDEMPOTENCY, LOGS, SCHEDULER, SUBMISSION, TASKS
 
 from taskrunner_local.sam import SamApp
 from tests.support.apigw import ROUTES
+from tests.support.functions import cold_start
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -48,6 +51,7 @@ FUNCTIONS = {
     "StopTaskFunction": "functions/stop_task/",
     "TaskEventsFunction": "functions/task_events/",
     "ScheduledSubmitFunction": "functions/scheduled_submit/",
+    "ReconcilerFunction": "functions/reconcile/",
 }
 #: the functions that start executions: the one submission path, from HTTP and from schedules
 SUBMITTERS = {"ApiFunction", "ScheduledSubmitFunction"}
@@ -223,6 +227,22 @@ def test_only_the_submitting_functions_know_the_state_machine(transformed: dict[
         assert len(props["Layers"]) == 1
 
 
+@pytest.mark.parametrize("logical_id", sorted(FUNCTIONS))
+def test_each_function_starts_with_the_environment_the_template_gives_it(
+    transformed: dict[str, Any], logical_id: str
+) -> None:
+    """Settings have no defaults for resources and every handler module checks, at import, the variables it
+    needs: importing it with exactly the template's variables (and what Lambda adds) must succeed."""
+    props = transformed["Resources"][logical_id]["Properties"]
+    env = dict.fromkeys(props["Environment"]["Variables"], "from-the-template")
+    env |= {"AWS_REGION": "us-east-1", "AWS_LAMBDA_FUNCTION_NAME": logical_id}
+    name = FUNCTIONS[logical_id].removeprefix("functions/").rstrip("/")
+    module = cold_start(name, env, f"template_env_{name}_app", clear=True)
+    assert callable(module.lambda_handler)
+    if logical_id == "ApiFunction":  # every part of the service
+        Settings.from_environment(env).require([*TASKS, *SUBMISSION, *LOGS, *IDEMPOTENCY, *SCHEDULER])
+
+
 def test_function_code_lives_where_the_layout_says() -> None:
     resources = _sam_template()["Resources"]
     for name, code_uri in FUNCTIONS.items():
@@ -272,3 +292,32 @@ def test_pass_role_is_limited_to_ecs_tasks_and_the_scheduler(transformed: dict[s
         if service == "scheduler.amazonaws.com":  # only the scheduler's own role, to EventBridge Scheduler
             assert statement["Resource"] == {"Fn::GetAtt": ["SchedulerRole", "Arn"]}
     assert services == {"ecs-tasks.amazonaws.com", "scheduler.amazonaws.com"}
+
+
+def test_the_reconciler_runs_every_five_minutes_with_only_what_it_needs(transformed: dict[str, Any]) -> None:
+    resources = transformed["Resources"]
+    [schedule] = [
+        r["Properties"]
+        for r in _of_type(transformed, "AWS::Scheduler::Schedule").values()
+        if r["Properties"]["Target"]["Arn"] == {"Fn::GetAtt": ["ReconcilerFunction", "Arn"]}
+    ]
+    assert schedule["ScheduleExpression"] == "rate(5 minutes)" and schedule["State"] == "ENABLED"
+    assert "GroupName" not in schedule  # the stack's group holds the users' schedules only
+    assert schedule["Target"]["RoleArn"] == {"Fn::GetAtt": ["ReconcilerScheduleRole", "Arn"]}
+    [invoke] = [s for _, s in _statements(resources["ReconcilerScheduleRole"]["Properties"]["Policies"])]
+    assert invoke["Action"] == "lambda:InvokeFunction"
+    assert invoke["Resource"] == {"Fn::GetAtt": ["ReconcilerFunction", "Arn"]}
+    granted = {
+        a for _, s in _statements(resources["ReconcilerFunctionRole"]["Properties"]["Policies"]) for a in _actions(s)
+    }
+    assert granted == {
+        "dynamodb:Query",  # the status index only: no Scan
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:PutItem",  # the metering record, in the finalize transaction
+        "states:DescribeExecution",
+        "states:StopExecution",
+        "ecs:ListTasks",
+        "ecs:DescribeTasks",
+        "ecs:StopTask",
+    }

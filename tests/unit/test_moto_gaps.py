@@ -7,6 +7,7 @@ a test's "reverted" half starts failing, moto has fixed the gap and the patch ca
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -227,6 +228,30 @@ def test_eventbridge_rules_deliver_to_lambda_targets(aws: None, applied: bool, m
         else:
             with pytest.raises(Exception):  # noqa: B017 - moto raises NotImplementedError for a Lambda target
                 events.put_events(Entries=[entry])
+
+
+@pytest.mark.parametrize("applied", [False, True])
+def test_get_log_events_stops_a_page_at_one_megabyte(aws: None, applied: bool) -> None:
+    logs = boto3.client("logs")
+    logs.create_log_group(logGroupName="g")
+    logs.create_log_stream(logGroupName="g", logStreamName="s")
+    line, now = "x" * 200_000, int(time.time() * 1000)
+    logs.put_log_events(
+        logGroupName="g", logStreamName="s", logEvents=[{"timestamp": now + i, "message": line} for i in range(12)]
+    )
+    with patch_state("logs-page-size", applied):
+        first = logs.get_log_events(logGroupName="g", logStreamName="s", startFromHead=True)
+        if not applied:
+            assert len(first["events"]) == 12  # 2.4 MB in one page
+            return
+        assert len(first["events"]) == 5  # 5 x (200,000 + 26) bytes fit in 1,048,576; a sixth does not
+        rest = logs.get_log_events(
+            logGroupName="g", logStreamName="s", startFromHead=True, nextToken=first["nextForwardToken"]
+        )
+        last = logs.get_log_events(
+            logGroupName="g", logStreamName="s", startFromHead=True, nextToken=rest["nextForwardToken"]
+        )
+        assert [len(p["events"]) for p in (rest, last)] == [5, 2]
 
 
 def test_every_patch_reverts_cleanly() -> None:

@@ -94,3 +94,18 @@ def test_only_lambda_targets_run_locally(scheduler) -> None:
     ticker, calls, logs = ticker_at(datetime(2027, 1, 1, tzinfo=UTC))
     ticker.tick(datetime(2027, 1, 1, 0, 1, 30, tzinfo=UTC))
     assert calls == [] and "only Lambda targets" in logs[0]
+
+
+def test_template_rate_schedules_sped_up_fire_at_the_local_period_and_others_keep_their_rate(scheduler) -> None:
+    # Given the template's every-5-minutes schedule (the reconciler's) and a user's schedule of the same rate
+    create(scheduler, "taskrunner-reconcile", "rate(5 minutes)", StartDate=datetime(2027, 1, 1, tzinfo=UTC))
+    create(scheduler, "user", "rate(5 minutes)", StartDate=datetime(2027, 1, 1, tzinfo=UTC))
+    ticker, calls, _ = ticker_at(datetime(2027, 1, 1, 0, 0, 1, tzinfo=UTC))
+    reconcile_arn = scheduler.get_schedule(Name="taskrunner-reconcile")["Arn"]
+    # When the local stack speeds up the template's schedules to 30 s (and a 10-minute cap changes nothing)
+    assert ticker.speed_up([reconcile_arn], 600) == {}
+    assert ticker.speed_up([reconcile_arn], 30) == {reconcile_arn: 30}
+    fired = ticker.tick(datetime(2027, 1, 1, 0, 1, 5, tzinfo=UTC))
+    # Then the template's fires every 30 s from the ticker's start, the user's not before its own 5 minutes
+    assert [(arn, t.second) for arn, t in fired] == [(reconcile_arn, 31), (reconcile_arn, 1)]
+    assert [event["scheduled_time"] for _, event in calls] == ["2027-01-01T00:00:31Z", "2027-01-01T00:01:01Z"]

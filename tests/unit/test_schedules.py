@@ -18,7 +18,6 @@ from taskrunner.schedules import (
     scheduled_task_id,
 )
 from taskrunner.service import TaskService
-from taskrunner.settings import Settings
 
 from tests.support.fakes import (
     FakeCompute,
@@ -28,6 +27,7 @@ from tests.support.fakes import (
     RecordingOrchestrator,
     RecordingScheduler,
 )
+from tests.support.stack import Stack
 
 NOW = datetime(2027, 3, 25, 12, 0, tzinfo=UTC)
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -40,7 +40,7 @@ def world():
         orchestrator=RecordingOrchestrator(),
         compute=FakeCompute(),
         logs=FakeLogs(),
-        settings=Settings(),
+        settings=Stack().settings(),
         clock=lambda: NOW,
     )
     store, scheduler = InMemoryScheduleStore(), RecordingScheduler()

@@ -9,9 +9,9 @@ from taskrunner.errors import InvalidParameter, OrchestrationUnavailable, TaskAl
 from taskrunner.models import LogEvent, TaskSpec, TaskStatus
 from taskrunner.observation import TaskObservation
 from taskrunner.service import Outcome, TaskService, new_task_id, task_definition_family
-from taskrunner.settings import Settings
 
 from tests.support.fakes import FakeCompute, FakeLogs, InMemoryTaskStore, RecordingOrchestrator
+from tests.support.stack import Stack
 
 T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 ARN = "arn:aws:ecs:us-east-1:123456789012:task/taskrunner/0123456789abcdef"
@@ -35,7 +35,7 @@ def world():
         Clock(),
     )
     service = TaskService(
-        store=store, orchestrator=orchestrator, compute=compute, logs=logs, settings=Settings(), clock=clock
+        store=store, orchestrator=orchestrator, compute=compute, logs=logs, settings=Stack().settings(), clock=clock
     )
     return service, store, orchestrator, compute, logs, clock
 

@@ -50,10 +50,10 @@ from moto.stepfunctions.parser.mocking.mock_config import (
 )
 from taskrunner.models import Architecture, Capacity, TaskSpec
 from taskrunner.service import Outcome, TaskService
-from taskrunner.settings import Settings
 
 from taskrunner_local.deploy import render_definition
 from tests.support.fakes import FakeCompute, FakeLogs, InMemoryTaskStore, RecordingOrchestrator
+from tests.support.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITION_PATH = ROOT / "statemachines" / "run_task.asl.json"
@@ -393,7 +393,7 @@ def test_sample_inputs_are_what_the_service_starts_executions_with(sample: str) 
         orchestrator=orchestrator,
         compute=FakeCompute(),
         logs=FakeLogs(),
-        settings=Settings(),
+        settings=Stack().settings(),
         new_id=lambda: task_id,
     )
 

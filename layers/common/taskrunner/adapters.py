@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -20,8 +21,9 @@ from taskrunner.errors import (
     StaleStatus,
     TaskAlreadyExists,
 )
-from taskrunner.models import LogEvent, Metering, Task, TaskStatus
+from taskrunner.models import CONTAINER_NAME, LogEvent, Metering, Task, TaskStatus
 from taskrunner.observability import logger
+from taskrunner.observation import TaskObservation
 from taskrunner.schedules import Schedule, ScheduleRun
 from taskrunner.service import execution_arn_for, usage_day
 
@@ -31,6 +33,9 @@ _deserializer = TypeDeserializer()
 TASKS_INDEX = "gsi1"  # tenant's tasks (newest first), tenant's usage by day, tenant's schedules by name
 STATUS_INDEX = "gsi2"  # tenant's tasks in one status (newest first)
 SCHEDULE_RUNS_INDEX = "gsi3"  # one schedule's runs (newest first)
+#: CloudWatch Logs' forward and backward tokens of GetLogEvents: a direction and a 56-digit position.
+LOG_TOKEN = re.compile(r"[fb]/[0-9]{56}")
+MAX_KEY_CHARS = 1024  # DynamoDB's limit for a sort key; every key this table writes is far shorter
 
 
 def _error_code(exc: ClientError) -> str:
@@ -93,14 +98,31 @@ def _encode_token(key: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
+def _is_key_string(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and set(value) == {"S"}
+        and isinstance(value["S"], str)
+        and 0 < len(value["S"]) <= MAX_KEY_CHARS
+    )
+
+
 def _decode_token(token: str, expected_partition: tuple[str, str]) -> dict[str, Any]:
+    """The ExclusiveStartKey in a token this listing issued: the table's key and the index's key, every
+    attribute a string, the index partition the one being listed. Anything else is the client's error."""
+    attr, value = expected_partition
+    expected_attributes = {"pk", "sk", attr, attr.removesuffix("pk") + "sk"}
     try:
         padded = token + "=" * (-len(token) % 4)
         key = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        attr, value = expected_partition
-        if not isinstance(key, dict) or key.get(attr, {}).get("S") != value:
-            raise ValueError("token belongs to another listing")
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        if (
+            not isinstance(key, dict)
+            or set(key) != expected_attributes
+            or not all(_is_key_string(v) for v in key.values())
+            or key[attr]["S"] != value
+        ):
+            raise ValueError("not a key of this listing")
+    except (ValueError, RecursionError, binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidParameter("next_token", "is not a token this listing issued") from exc
     return key
 
@@ -199,6 +221,36 @@ class DynamoTaskStore:
             request["ExpressionAttributeValues"][":status"] = {"S": status.value}
         if next_token:
             request["ExclusiveStartKey"] = _decode_token(next_token, (attr, partition))
+        response = self.ddb.query(**request)
+        last = response.get("LastEvaluatedKey")
+        return [self._task(i) for i in response.get("Items", [])], _encode_token(last) if last else None
+
+    def list_in_status(
+        self,
+        tenant: str,
+        status: TaskStatus,
+        limit: int,
+        next_token: str | None,
+        *,
+        created_since: str | None = None,
+        unmetered_only: bool = False,
+    ) -> tuple[list[Task], str | None]:
+        partition = status_partition(tenant, status)
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": STATUS_INDEX,
+            "KeyConditionExpression": "gsi2pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": partition}},
+            "ScanIndexForward": True,  # oldest first: the tasks most likely to be stuck
+            "Limit": limit,
+        }
+        if created_since:
+            request["KeyConditionExpression"] += " AND gsi2sk >= :since"
+            request["ExpressionAttributeValues"][":since"] = {"S": created_since}
+        if unmetered_only:
+            request["FilterExpression"] = "attribute_not_exists(metering)"
+        if next_token:
+            request["ExclusiveStartKey"] = _decode_token(next_token, ("gsi2pk", partition))
         response = self.ddb.query(**request)
         last = response.get("LastEvaluatedKey")
         return [self._task(i) for i in response.get("Items", [])], _encode_token(last) if last else None
@@ -347,6 +399,31 @@ class EcsCompute:
         except ClientError as exc:
             logger.warning("could not stop ECS task", ecs_task_arn=ecs_task_arn, error=_error_code(exc))
 
+    def describe_task(self, ecs_task_arn: str) -> TaskObservation | None:
+        described = self.ecs.describe_tasks(cluster=self.cluster, tasks=[ecs_task_arn]).get("tasks") or []
+        return TaskObservation.from_description(described[0], CONTAINER_NAME) if described else None
+
+
+class StepFunctionsExecutions:
+    """Executions by ARN: what the reconciler asks of Step Functions."""
+
+    def __init__(self, client: Any) -> None:
+        self.sfn = client
+
+    def status(self, execution_arn: str) -> str | None:
+        try:
+            return str(self.sfn.describe_execution(executionArn=execution_arn)["status"])
+        except ClientError as exc:
+            if _error_code(exc) == "ExecutionDoesNotExist":
+                return None
+            raise
+
+    def stop(self, execution_arn: str, cause: str) -> None:
+        try:
+            self.sfn.stop_execution(executionArn=execution_arn, cause=cause[:32768])
+        except ClientError as exc:
+            logger.warning("could not stop execution", execution_arn=execution_arn, error=_error_code(exc))
+
 
 class CloudWatchLogReader:
     def __init__(self, log_group: str, client: Any) -> None:
@@ -361,6 +438,8 @@ class CloudWatchLogReader:
             "limit": limit,
         }
         if next_token:
+            if not LOG_TOKEN.fullmatch(next_token):
+                raise InvalidParameter("next_token", "is not a token this listing issued")
             request["nextToken"] = next_token
         try:
             response = self.logs.get_log_events(**request)

@@ -81,3 +81,54 @@ def validation_error(errors: Sequence[Mapping[str, Any]]) -> tuple[int, dict[str
         )
     summary = "; ".join(f"{d.field}: {d.rule}" if d.field else d.rule for d in details)
     return 422, error_body("VALIDATION_ERROR", f"The request breaks a rule: {summary}", details)
+
+
+# ---------------------------------------------------------------------------------------------- OpenAPI
+
+ERROR_DESCRIPTIONS = {
+    400: "The body is not UTF-8, not JSON, or JSON this API will not parse (error code MALFORMED_BODY or "
+    "MALFORMED_JSON)",
+    404: "No such task or schedule for the caller",
+    409: "Conflict: the task is already terminal, the schedule exists, or the Idempotency-Key was used with "
+    "another body",
+    413: "The body is larger than 10 MB",
+    415: "The body is not JSON (Content-Type)",
+    422: "A field or parameter breaks a rule; `details` names each field and its rule",
+    500: "Internal error; the request id is in the logs",
+    503: "The workflow engine refused to start the task; it is marked FAILED and metered at 0",
+}
+#: What every route with a JSON body can answer besides its own outcomes.
+BODY_ERRORS = (400, 413, 415, 422)
+_ERROR_SCHEMA_REF = {"$ref": "#/components/schemas/ErrorResponse"}
+
+
+def error_responses(*statuses: int) -> dict[int, Any]:
+    """OpenAPI responses for these error statuses, each with the one error body."""
+    return {
+        status: {"description": ERROR_DESCRIPTIONS[status], "content": {"application/json": {"model": ErrorResponse}}}
+        for status in statuses
+    }
+
+
+def with_error_shape_everywhere(document: dict[str, Any]) -> dict[str, Any]:
+    """Powertools documents its own 422 body (`{"detail": [...]}`) on every operation; this API answers 422,
+    and 500 on any route, in the one error shape. Declare both as they are."""
+    for path_item in document.get("paths", {}).values():
+        for operation in path_item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            operation["responses"] = responses = {str(k): v for k, v in operation["responses"].items()}
+            if "204" in responses:
+                responses["204"].pop("content", None)  # no body
+            for status in ("422", "500"):
+                responses[status] = {
+                    "description": ERROR_DESCRIPTIONS[int(status)],
+                    "content": {"application/json": {"schema": _ERROR_SCHEMA_REF}},
+                }
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError", "ResponseValidationError"):
+        schemas.pop(unused, None)
+    error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(error_schema.pop("$defs", {}))
+    schemas["ErrorResponse"] = error_schema
+    return document

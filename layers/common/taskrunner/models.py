@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -78,9 +80,71 @@ ImageRef = Annotated[
     StringConstraints(min_length=1, max_length=255, pattern=IMAGE_PATTERN),
     Field(description="A container image reference, for example `python:3.12-slim`.", examples=["python:3.12-slim"]),
 ]
+#: Tag key prefixes the system keeps for itself: ECS rejects `aws:`, and `taskrunner:` tags identify tasks.
+RESERVED_TAG_PREFIXES = ("aws:", "taskrunner:")
+
+# A process cannot receive a NUL in its argv or environment, and control characters in names and tags are
+# never meant. Tab, newline and carriage return stay allowed where scripts live (command, env values).
+_SCRIPT_WHITESPACE = frozenset("\t\n\r")
+
+
+def _control_characters_rejected(allowed: frozenset[str]) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        for position, char in enumerate(text):
+            if (char < " " or char == "\x7f") and char not in allowed:
+                raise PydanticCustomError(
+                    "control_character",
+                    "must not contain NUL or control characters (found {character} at position {position})",
+                    {"character": f"U+{ord(char):04X}", "position": position},
+                )
+        return text
+
+    return check
+
+
+ScriptText = Annotated[
+    str,
+    AfterValidator(_control_characters_rejected(_SCRIPT_WHITESPACE)),
+    Field(json_schema_extra={"pattern": r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"}),
+]
+PlainText = Annotated[
+    str,
+    AfterValidator(_control_characters_rejected(frozenset())),
+    Field(json_schema_extra={"pattern": r"^[^\x00-\x1f\x7f]*$"}),
+]
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=255)]
-TagKey = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-TagValue = Annotated[str, StringConstraints(max_length=256)]
+
+
+def _tag_key_not_reserved(key: str) -> str:
+    if key.lower().startswith(RESERVED_TAG_PREFIXES):
+        raise PydanticCustomError(
+            "reserved_tag",
+            "tag key {key} starts with a reserved prefix ({prefixes})",
+            {"key": json.dumps(key), "prefixes": ", ".join(RESERVED_TAG_PREFIXES)},
+        )
+    return key
+
+
+TagKey = Annotated[
+    PlainText,
+    StringConstraints(min_length=1, max_length=128),
+    AfterValidator(_tag_key_not_reserved),
+    Field(
+        json_schema_extra={"pattern": r"^(?![aA][wW][sS]:|[tT][aA][sS][kK][rR][uU][nN][nN][eE][rR]:)[^\x00-\x1f\x7f]+$"}
+    ),
+]
+TagValue = Annotated[PlainText, StringConstraints(max_length=256)]
+
+
+def _key_pattern_applies_to_every_key(schema: dict[str, Any]) -> None:
+    """pydantic states a key pattern as `patternProperties`, which leaves other keys unchecked in the schema;
+    as `propertyNames` it says what the validator does: every key must match."""
+    for variant in schema.get("anyOf", [schema]):
+        patterns = variant.pop("patternProperties", None)
+        if patterns:
+            (pattern, values), *_ = patterns.items()
+            variant.setdefault("propertyNames", {})["pattern"] = pattern
+            variant["additionalProperties"] = values
 
 
 class TaskSpec(BaseModel):
@@ -90,12 +154,20 @@ class TaskSpec(BaseModel):
 
     image: ImageRef
     command: Annotated[
-        list[Annotated[str, StringConstraints(max_length=8192)]] | None,
-        Field(description="Overrides the image's command.", examples=[["sh", "-c", "echo hi"]]),
+        list[Annotated[ScriptText, StringConstraints(max_length=8192)]] | None,
+        Field(
+            min_length=1,
+            description="Overrides the image's command: the program, then its arguments. Omit it to run the "
+            "image's own command. No NUL or control characters other than tab and newline.",
+            examples=[["sh", "-c", "echo hi"]],
+        ),
     ] = None
     environment: Annotated[
-        dict[EnvName, str] | None,
-        Field(description="Environment variables; names match `[A-Za-z_][A-Za-z0-9_]*`."),
+        dict[EnvName, ScriptText] | None,
+        Field(
+            description="Environment variables; names match `[A-Za-z_][A-Za-z0-9_]*`.",
+            json_schema_extra=_key_pattern_applies_to_every_key,
+        ),
     ] = None
     cpu: Annotated[int, Field(description=f"CPU units, one of {', '.join(map(str, VALID_CPU))}.")] = 256
     memory: Annotated[int, Field(description="Memory in MiB; must fit `cpu` (Fargate's size table).")] = 512
@@ -105,8 +177,24 @@ class TaskSpec(BaseModel):
     )
     ephemeral_storage_gib: Annotated[int, Field(ge=20, le=200)] = 20
     timeout_seconds: Annotated[int, Field(ge=1, le=1_209_600)] = 3600
-    name: Annotated[str | None, StringConstraints(max_length=128)] = None
-    tags: Annotated[dict[TagKey, TagValue] | None, Field(max_length=20)] = None
+    name: Annotated[PlainText | None, StringConstraints(max_length=128)] = None
+    tags: Annotated[
+        dict[TagKey, TagValue] | None,
+        Field(
+            max_length=20,
+            description="Up to 20 tags; keys may not start with `aws:` or `taskrunner:`.",
+            json_schema_extra=_key_pattern_applies_to_every_key,
+        ),
+    ] = None
+
+    @field_validator("command")
+    @classmethod
+    def _command_names_a_program(cls, command: list[str] | None) -> list[str] | None:
+        if command is not None and not command[0].strip():
+            raise PydanticCustomError(
+                "command_program", "the first element of command is the program to run and cannot be blank"
+            )
+        return command
 
     @field_validator("cpu")
     @classmethod

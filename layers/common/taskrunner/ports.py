@@ -6,6 +6,7 @@ from datetime import date
 from typing import Any, Protocol
 
 from taskrunner.models import LogEvent, Metering, Task, TaskStatus
+from taskrunner.observation import TaskObservation
 
 
 class TaskStore(Protocol):
@@ -37,6 +38,20 @@ class TaskStore(Protocol):
     def usage(self, tenant: str, start: date, end: date) -> list[tuple[date, Metering]]:
         """The tenant's metering records whose day falls in [start, end]."""
 
+    def list_in_status(
+        self,
+        tenant: str,
+        status: TaskStatus,
+        limit: int,
+        next_token: str | None,
+        *,
+        created_since: str | None = None,
+        unmetered_only: bool = False,
+    ) -> tuple[list[Task], str | None]:
+        """The tenant's tasks in `status`, oldest first, through the status index (never a table scan):
+        only those whose id is `created_since` or later (ids sort by creation time), and with `unmetered_only`
+        only those without a metering record. A page may hold fewer than `limit` tasks while a token follows."""
+
 
 class Orchestrator(Protocol):
     def start(self, name: str, execution_input: dict[str, Any]) -> str:
@@ -53,6 +68,20 @@ class Compute(Protocol):
         `group` among the tasks of the task definition `family`."""
 
     def stop_task(self, ecs_task_arn: str, reason: str) -> None: ...
+
+    def describe_task(self, ecs_task_arn: str) -> TaskObservation | None:
+        """What ECS says about the task now, or None when ECS does not know it (any more)."""
+
+
+class Executions(Protocol):
+    """Workflow executions by ARN (the reconciler's view; it neither knows nor needs the state machine)."""
+
+    def status(self, execution_arn: str) -> str | None:
+        """RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ABORTED (or PENDING_REDRIVE); None when there is no such
+        execution."""
+
+    def stop(self, execution_arn: str, cause: str) -> None:
+        """Stop the execution if it is still running."""
 
 
 class LogReader(Protocol):

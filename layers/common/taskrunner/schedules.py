@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Protocol
+from typing import Annotated, Any, Protocol
 
 from pydantic import (
     BaseModel,
@@ -91,6 +91,14 @@ class ScheduleSpec(BaseModel):
             parse(value)
         except ScheduleExpressionError as exc:
             raise PydanticCustomError(info.field_name or "value", exc.rule) from exc
+        return value
+
+    @field_validator("start_date", "end_date", mode="before")
+    @classmethod
+    def _a_date_is_written_as_a_date(cls, value: Any) -> Any:
+        # pydantic would read a number as seconds since 1970; the contract says ISO-8601.
+        if isinstance(value, int | float):
+            raise PydanticCustomError("datetime_type", "must be an ISO-8601 date-time such as 2027-01-01T09:00:00Z")
         return value
 
     @field_validator("start_date", "end_date")

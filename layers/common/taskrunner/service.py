@@ -45,6 +45,7 @@ from taskrunner.settings import Settings
 CANCEL_REASON = "Cancelled by user"
 MAX_USAGE_DAYS = 366
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_ID_LENGTH = 26
 _MAX_RACE_RETRIES = 8
 
 
@@ -87,6 +88,11 @@ class _MonotonicIds:
 def _encode_id(ms: int, random: int) -> str:
     value = (ms << 80) | (random & ((1 << 80) - 1))
     return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def is_task_id(value: str) -> bool:
+    """Whether `value` has the shape of the ids this service issues (anything else names no task)."""
+    return len(value) == _ID_LENGTH and all(char in _CROCKFORD for char in value)
 
 
 def task_id_at(moment: datetime, random: int) -> str:
@@ -215,7 +221,7 @@ class TaskService:
         return self.store.get(task_id) is not None
 
     def get(self, tenant: str, task_id: str) -> Task:
-        task = self.store.get(task_id)
+        task = self.store.get(task_id) if is_task_id(task_id) else None
         if task is None or task.tenant != tenant:
             raise TaskNotFound(task_id)
         return task

@@ -1,35 +1,155 @@
-"""Environment variables, parsed once into one settings model. Nothing else reads os.environ."""
+"""Environment variables, parsed once into one settings model. Nothing else reads os.environ.
+
+Resources (tables, the cluster, the state machine, the scheduler's role, ...) have no defaults: a function that
+was not given one must fail, not talk to a plausible-looking resource that is not its own. Each function says at
+cold start which variables it needs (`taskrunner.wiring.require`, called by every handler module at import), and
+fails there with one error naming every missing variable; reading a resource that is not set fails the same way,
+so no code path can fall back to a guess. Values that are not resources keep defaults: the region comes from
+AWS_REGION (or AWS_DEFAULT_REGION), the idempotency TTL and the log stream prefix are conventions.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+#: The environment variables that name resources, each read through the property of the same meaning below.
+RESOURCE_VARIABLES = (
+    "TASKS_TABLE_NAME",
+    "IDEMPOTENCY_TABLE_NAME",
+    "STATE_MACHINE_ARN",
+    "ECS_CLUSTER",
+    "TASK_LOG_GROUP",
+    "TASK_FAMILY_PREFIX",
+    "SCHEDULE_GROUP_NAME",
+    "SCHEDULER_ROLE_ARN",
+    "SCHEDULED_SUBMIT_FUNCTION_ARN",
+    "SCHEDULES_DLQ_ARN",
+)
+REGION_VARIABLE = "AWS_REGION"
+
+
+class MissingSettings(RuntimeError):
+    """The environment lacks variables that the code about to run needs. The message names every one of them."""
+
+    def __init__(self, variables: Iterable[str], who: str | None = None) -> None:
+        self.variables = tuple(dict.fromkeys(variables))
+        names = ", ".join(v if v != REGION_VARIABLE else f"{v} (or AWS_DEFAULT_REGION)" for v in self.variables)
+        plural = "s" if len(self.variables) > 1 else ""
+        super().__init__(
+            f"{who or 'taskrunner'}: missing environment variable{plural} {names}. "
+            "template.yaml sets them (Globals.Function.Environment or the function's own Environment); "
+            "there are no defaults for resources."
+        )
 
 
 class Settings(BaseModel):
-    tasks_table: str = Field("tasks", validation_alias="TASKS_TABLE_NAME")
-    idempotency_table: str = Field("idempotency", validation_alias="IDEMPOTENCY_TABLE_NAME")
-    state_machine_arn: str = Field(
-        "arn:aws:states:us-east-1:123456789012:stateMachine:run-task", validation_alias="STATE_MACHINE_ARN"
-    )
-    cluster: str = Field("taskrunner", validation_alias="ECS_CLUSTER")
-    task_log_group: str = Field("/taskrunner/tasks", validation_alias="TASK_LOG_GROUP")
-    task_log_stream_prefix: str = Field("task", validation_alias="TASK_LOG_STREAM_PREFIX")
-    task_family_prefix: str = Field("taskrunner", validation_alias="TASK_FAMILY_PREFIX")
-    region: str = Field("us-east-1", validation_alias="AWS_REGION")
-    price_table_json: str | None = Field(None, validation_alias="PRICE_TABLE_JSON")
-    idempotency_ttl_seconds: int = Field(86_400, validation_alias="IDEMPOTENCY_TTL_SECONDS")
-    schedule_group: str = Field("default", validation_alias="SCHEDULE_GROUP_NAME")
-    scheduler_role_arn: str = Field("arn:aws:iam::123456789012:role/scheduler", validation_alias="SCHEDULER_ROLE_ARN")
-    scheduled_submit_function_arn: str = Field(
-        "arn:aws:lambda:us-east-1:123456789012:function:scheduled-submit",
-        validation_alias="SCHEDULED_SUBMIT_FUNCTION_ARN",
-    )
-    schedules_dead_letter_queue_arn: str | None = Field(None, validation_alias="SCHEDULES_DLQ_ARN")
+    model_config = ConfigDict(frozen=True)
+
+    region: str
+    #: AWS_LAMBDA_FUNCTION_NAME, to say which function an error is about
+    function_name: str | None = None
+    task_log_stream_prefix: str = "task"
+    price_table_json: str | None = None
+    idempotency_ttl_seconds: int = 86_400
+    #: the reconciler (taskrunner.reconcile): grace past a task's timeout, and for a task to get an ECS task
+    reconcile_grace_seconds: int = 300
+    reconcile_launch_grace_seconds: int = 900
+    #: tasks examined per run at most, and how far back to look for terminal tasks still awaiting their metering
+    reconcile_max_tasks: int = 500
+    reconcile_lookback_seconds: int = 1_296_000
+    #: comma-separated tenants whose tasks the reconciler looks at
+    reconcile_tenants: str = "default"
+    #: the resource variables that are set (and not empty), by name; read them through the properties below
+    resources: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str]) -> Settings:
+        region = env.get(REGION_VARIABLE) or env.get("AWS_DEFAULT_REGION")
+        function_name = env.get("AWS_LAMBDA_FUNCTION_NAME") or None
+        if not region:
+            raise MissingSettings([REGION_VARIABLE], function_name)
+        optional: dict[str, Any] = {
+            field: env[variable]
+            for field, variable in (
+                ("task_log_stream_prefix", "TASK_LOG_STREAM_PREFIX"),
+                ("price_table_json", "PRICE_TABLE_JSON"),
+                ("idempotency_ttl_seconds", "IDEMPOTENCY_TTL_SECONDS"),
+                ("reconcile_grace_seconds", "RECONCILE_GRACE_SECONDS"),
+                ("reconcile_launch_grace_seconds", "RECONCILE_LAUNCH_GRACE_SECONDS"),
+                ("reconcile_max_tasks", "RECONCILE_MAX_TASKS"),
+                ("reconcile_lookback_seconds", "RECONCILE_LOOKBACK_SECONDS"),
+                ("reconcile_tenants", "RECONCILE_TENANTS"),
+            )
+            if env.get(variable)
+        }
+        resources = {name: env[name] for name in RESOURCE_VARIABLES if env.get(name)}
+        return cls(region=region, function_name=function_name, resources=resources, **optional)
+
+    def missing(self, variables: Iterable[str]) -> list[str]:
+        """Those of `variables` (resource variables) that are not set."""
+        variables = list(variables)
+        unknown = [v for v in variables if v not in RESOURCE_VARIABLES]
+        if unknown:
+            raise ValueError(f"not resource variables: {unknown}; known: {RESOURCE_VARIABLES}")
+        return [v for v in variables if v not in self.resources]
+
+    def require(self, variables: Iterable[str], who: str | None = None) -> Settings:
+        """These settings, after checking that every one of `variables` is set (else `MissingSettings`)."""
+        missing = self.missing(variables)
+        if missing:
+            raise MissingSettings(missing, who or self.function_name)
+        return self
+
+    def resource(self, variable: str) -> str:
+        """The value of a resource variable; `MissingSettings` if it is not set."""
+        self.require([variable])
+        return self.resources[variable]
+
+    @property
+    def tasks_table(self) -> str:
+        return self.resource("TASKS_TABLE_NAME")
+
+    @property
+    def idempotency_table(self) -> str:
+        return self.resource("IDEMPOTENCY_TABLE_NAME")
+
+    @property
+    def state_machine_arn(self) -> str:
+        return self.resource("STATE_MACHINE_ARN")
+
+    @property
+    def cluster(self) -> str:
+        return self.resource("ECS_CLUSTER")
+
+    @property
+    def task_log_group(self) -> str:
+        return self.resource("TASK_LOG_GROUP")
+
+    @property
+    def task_family_prefix(self) -> str:
+        return self.resource("TASK_FAMILY_PREFIX")
+
+    @property
+    def schedule_group(self) -> str:
+        return self.resource("SCHEDULE_GROUP_NAME")
+
+    @property
+    def scheduler_role_arn(self) -> str:
+        return self.resource("SCHEDULER_ROLE_ARN")
+
+    @property
+    def scheduled_submit_function_arn(self) -> str:
+        return self.resource("SCHEDULED_SUBMIT_FUNCTION_ARN")
+
+    @property
+    def schedules_dead_letter_queue_arn(self) -> str:
+        return self.resource("SCHEDULES_DLQ_ARN")
 
     def price_table(self) -> dict[str, dict[str, Any]] | None:
         return json.loads(self.price_table_json) if self.price_table_json else None
@@ -37,7 +157,4 @@ class Settings(BaseModel):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    env = dict(os.environ)
-    env.setdefault("AWS_REGION", env.get("AWS_DEFAULT_REGION", "us-east-1"))
-    known = {f.validation_alias for f in Settings.model_fields.values()}
-    return Settings.model_validate({k: v for k, v in env.items() if k in known})
+    return Settings.from_environment(os.environ)
