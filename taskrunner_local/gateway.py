@@ -336,12 +336,14 @@ class Gateway:
         account: str = "123456789012",
         threads: int = THREADS,
         read_timeout: float = READ_TIMEOUT_SECONDS,
+        on_request: Callable[[str], None] | None = None,
     ) -> None:
         # Literal paths win over templated ones, as in API Gateway.
         self.routes = sorted((_compile(r) for r in routes), key=lambda c: c.route.path.count("{"))
         self.runtime = runtime
         self.max_request_bytes = max_request_bytes
         self.account = account
+        self.on_request = on_request  # one line per request, for the console
         # queueing behind busy worker threads is how a burst is meant to be absorbed: not worth a warning each
         logging.getLogger("waitress.queue").setLevel(logging.ERROR)
         self._map: dict[int, Any] = {}
@@ -407,6 +409,7 @@ class Gateway:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """The WSGI application waitress calls, in one of its worker threads, with the whole request read."""
         request_id = str(uuid.uuid4())
+        started = time.perf_counter()
         try:
             status, headers, payload = self.handle(environ, request_id)
         except Exception:  # the gateway answers, whatever happened behind it
@@ -421,6 +424,10 @@ class Gateway:
                     header_list.append((name, line))
         header_list += [("apigw-requestid", request_id), ("content-length", str(len(payload)))]
         start_response(_status_line(status), header_list)
+        if self.on_request is not None:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            target = urlsplit(environ.get("REQUEST_URI") or "/").path
+            self.on_request(f"{environ['REQUEST_METHOD']} {target} {status} {elapsed_ms:.0f} ms")
         return [] if environ["REQUEST_METHOD"] == "HEAD" else [payload]
 
     def handle(self, environ: dict[str, Any], request_id: str) -> tuple[int, dict[str, str], bytes]:

@@ -65,6 +65,7 @@ class LocalStack:
                 port=config.api_port,
                 max_request_bytes=config.max_request_bytes,
                 account=config.account,
+                on_request=(lambda line: print(f"[api] {line}", flush=True)) if config.echo_function_logs else None,
             )
             self.gateway.start()
             self.ticker = SchedulerTicker(
