@@ -3,18 +3,22 @@
 - submit → RUNNING latency (p50, p99), next to a bare process spawn measured in the same run;
 - sustained throughput over a burst of tasks, which must all end terminal with exactly one metering record;
 - the API function's cold import, next to a minimal Powertools + pydantic + boto3 handler;
-- the orchestration cost of one successful task (state transitions, Lambda invocations).
+- the orchestration cost of one successful task (state transitions, Lambda invocations);
+- the resident memory of the stack's process (the benchmark runs it in-process: /proc/self/status) when idle,
+  and after a burst of tasks that print a lot, part of it as lines far longer than a log event.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +104,60 @@ def burst(stack: LocalStack, api: TaskRunnerClient, count: int, clients: int) ->
     }
 
 
+def memory_kib() -> dict[str, int]:
+    """VmRSS (resident now) and VmHWM (the peak since the process started) of this process, the stack's."""
+    values = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0])
+    return values
+
+
+def log_burst(stack: LocalStack, api: TaskRunnerClient, count: int, mib: int) -> dict[str, Any]:
+    """`count` tasks at once, each printing `mib` MiB: every other one as lines of 1 KiB, the others as one
+    line without a newline. Returns what the log streams hold and the stack's memory afterwards."""
+    size = mib * 1024 * 1024
+    scripts = [
+        f"yes {'x' * 1023} | head -c {size}" if i % 2 == 0 else f"head -c {size} /dev/zero | tr '\\0' y"
+        for i in range(count)
+    ]
+    started = time.perf_counter()
+    ids = [api.submit({"image": "busybox", "command": ["sh", "-c", script]})["task_id"] for script in scripts]
+    tasks = [api.wait(task_id, timeout=600, interval=0.5) for task_id in ids]
+    elapsed = time.perf_counter() - started
+    from moto.logs.models import logs_backends
+
+    config = stack.config
+    group = logs_backends[config.account][config.region].groups[
+        stack.deployment.outputs["TaskLogGroupName"]  # type: ignore[union-attr]
+    ]
+    task_ids = {t["ecs_task_arn"].rsplit("/", 1)[-1] for t in tasks if t["ecs_task_arn"]}
+    streams = [stream for name, stream in group.streams.items() if name.rsplit("/", 1)[-1] in task_ids]
+    # 1 KiB lines are logged without their newline: 1023 of every 1024 bytes
+    expected = sum(size if i % 2 else size - size // 1024 for i in range(count))
+    gc.collect()
+    return {
+        "count": count,
+        "mib": mib,
+        "elapsed_s": elapsed,
+        "succeeded": sum(1 for t in tasks if t["status"] == "SUCCEEDED"),
+        "events": sum(len(stream.events) for stream in streams),
+        "largest_event": max((len(e.message.encode()) for s in streams for e in s.events), default=0),
+        "logged_bytes": sum(stream.stored_bytes for stream in streams),
+        "expected_bytes": expected,
+        "memory": memory_kib(),
+    }
+
+
 def cold_import_ms(samples: int) -> tuple[list[float], list[float]]:
     layer = ROOT / "layers" / "common"
     api_dir = ROOT / "functions" / "api"
     env = {**os.environ, "POWERTOOLS_TRACE_DISABLED": "true", "AWS_DEFAULT_REGION": "us-east-1"}
+    # The API function checks at import that it was given its resources; an import touches none of them.
+    from taskrunner.wiring import IDEMPOTENCY, LOGS, SCHEDULER, SUBMISSION, TASKS  # the layer: on the path now
+
+    env.update(dict.fromkeys(chain(TASKS, SUBMISSION, LOGS, IDEMPOTENCY, SCHEDULER), "benchmark-placeholder"))
 
     def once(code_dir: Path, module: str) -> float:
         script = (
@@ -142,10 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-samples", type=int, default=50)
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--import-samples", type=int, default=10)
+    parser.add_argument("--import-samples", type=int, default=10, help="cold imports of each kind (0: none)")
+    parser.add_argument("--log-burst", type=int, default=20, help="tasks of the log-heavy burst (0: none)")
+    parser.add_argument("--log-burst-mib", type=int, default=20, help="MiB each task of it prints")
     args = parser.parse_args(argv)
 
-    api_import, minimal_import = cold_import_ms(args.import_samples)
+    api_import, minimal_import = cold_import_ms(args.import_samples) if args.import_samples else ([], [])
     config = LocalConfig(
         api_port=free_port(), aws_port=free_port(), echo_function_logs=False, stack_name="taskrunner-bench"
     )
@@ -153,11 +209,19 @@ def main(argv: list[str] | None = None) -> int:
     with LocalStack(config) as stack:
         api = TaskRunnerClient(stack.api_url)
         api.wait(api.submit({"image": "busybox", "command": ["true"]})["task_id"])  # warm every function
+        gc.collect()
+        idle = memory_kib()
         spawn = bare_spawn_ms(args.latency_samples)
         latency = submit_to_running_ms(api, args.latency_samples)
         transitions, workflow_lambdas = orchestration_cost(stack, api)
-        print(f"burst of {args.burst} tasks…", file=sys.stderr, flush=True)
-        result = burst(stack, api, args.burst, args.clients)
+        logs = None
+        if args.log_burst:
+            print(f"log burst: {args.log_burst} tasks x {args.log_burst_mib} MiB…", file=sys.stderr, flush=True)
+            logs = log_burst(stack, api, args.log_burst, args.log_burst_mib)
+        result = None
+        if args.burst:
+            print(f"burst of {args.burst} tasks…", file=sys.stderr, flush=True)
+            result = burst(stack, api, args.burst, args.clients)
 
     rows = [
         ("submit → RUNNING p50", f"{percentile(latency, 50):.0f} ms", "≤ 150 ms"),
@@ -167,27 +231,55 @@ def main(argv: list[str] | None = None) -> int:
             f"{percentile(spawn, 50):.2f} / {percentile(spawn, 99):.2f} ms",
             "(reference)",
         ),
-        (f"burst of {result['count']}: throughput", f"{result['throughput']:.1f} tasks/s", "≥ 20 tasks/s"),
-        (f"burst of {result['count']}: submitted in", f"{result['submitted_s']:.1f} s", ""),
-        (f"burst of {result['count']}: all terminal in", f"{result['elapsed_s']:.1f} s", ""),
-        (
-            "burst: terminal / succeeded",
-            f"{result['terminal']} / {result['succeeded']}",
-            f"{result['count']} / {result['count']}",
-        ),
-        (
-            "burst: one metering record each",
-            f"{result['one_metering_record_each']} ({result['metering_records']} records)",
-            "True",
-        ),
-        ("API function cold import (median)", f"{statistics.median(api_import):.0f} ms", ""),
-        ("minimal handler cold import (median)", f"{statistics.median(minimal_import):.0f} ms", ""),
-        ("cold import ratio", f"{statistics.median(api_import) / statistics.median(minimal_import):.2f}", "≤ 1.30"),
+    ]
+    if result is not None:
+        rows += [
+            (f"burst of {result['count']}: throughput", f"{result['throughput']:.1f} tasks/s", "≥ 20 tasks/s"),
+            (f"burst of {result['count']}: submitted in", f"{result['submitted_s']:.1f} s", ""),
+            (f"burst of {result['count']}: all terminal in", f"{result['elapsed_s']:.1f} s", ""),
+            (
+                "burst: terminal / succeeded",
+                f"{result['terminal']} / {result['succeeded']}",
+                f"{result['count']} / {result['count']}",
+            ),
+            (
+                "burst: one metering record each",
+                f"{result['one_metering_record_each']} ({result['metering_records']} records)",
+                "True",
+            ),
+        ]
+    if api_import:
+        rows += [
+            ("API function cold import (median)", f"{statistics.median(api_import):.0f} ms", ""),
+            ("minimal handler cold import (median)", f"{statistics.median(minimal_import):.0f} ms", ""),
+            (
+                "cold import ratio",
+                f"{statistics.median(api_import) / statistics.median(minimal_import):.2f}",
+                "≤ 1.30",
+            ),
+        ]
+    rows += [
         ("state transitions per successful task", str(transitions), "≤ 6"),
         ("Lambda invocations by the workflow", str(workflow_lambdas), "≤ 2"),
         ("Lambda invocations by ECS events", "2 (RUNNING, STOPPED)", ""),
+        ("stack process RSS, idle", f"{idle['VmRSS'] / 1024:.0f} MiB", ""),
     ]
-    for task_id, reason in result["failures"].items():
+    if logs is not None:
+        burst_name = f"log burst ({logs['count']} x {logs['mib']} MiB)"
+        kept = logs["logged_bytes"] / 1024 / 1024
+        rows += [
+            (f"{burst_name}: succeeded", f"{logs['succeeded']} / {logs['count']} in {logs['elapsed_s']:.1f} s", ""),
+            (
+                f"{burst_name}: bytes logged / printed",
+                f"{logs['logged_bytes']} / {logs['expected_bytes']}",
+                "equal",
+            ),
+            (f"{burst_name}: events, largest", f"{logs['events']}, {logs['largest_event']} B", "≤ 262118 B"),
+            ("stack process RSS, after the log burst", f"{logs['memory']['VmRSS'] / 1024:.0f} MiB", ""),
+            ("  of which its logs, kept by the emulator", f"{kept:.0f} MiB", ""),
+            ("stack process peak RSS (VmHWM)", f"{logs['memory']['VmHWM'] / 1024:.0f} MiB", ""),
+        ]
+    for task_id, reason in (result["failures"] if result else {}).items():
         print(f"not succeeded: {task_id} {reason}", file=sys.stderr)
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)

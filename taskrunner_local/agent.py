@@ -2,23 +2,30 @@
 
 It behaves like Fargate where a user can see it (DESIGN §3): the lifecycle timestamps, `lastStatus`,
 `stopCode`, `stoppedReason` and container `exitCode`/`reason`; the memory limit (exit 137, reason
-`OutOfMemoryError…`); StopTask as SIGTERM, then SIGKILL after the stop timeout; a command that cannot start
-as `TaskFailedToStart`; stdout and stderr line by line into the task's awslogs stream; "ECS Task State
-Change" events to EventBridge; and no process left behind. The image is recorded, not pulled: the command
-runs on the host, in a fresh working directory.
+`OutOfMemoryError…`); StopTask as SIGTERM to every process of the task, then SIGKILL after the stop timeout; a
+command that cannot start as `TaskFailedToStart`; stdout and stderr into the task's awslogs stream the way the
+awslogs driver writes them; "ECS Task State Change" events to EventBridge; and no process left behind. The
+image is recorded, not pulled: the command runs on the host, in a fresh working directory.
+
+As on ECS, the task stops when its essential container's main process exits, and then every process of the
+task dies: a daemon it left (`setsid`, a double fork) neither keeps the task running nor survives it. The
+task's cgroup (see `limits.py`) is how the agent finds them all. Whatever goes wrong inside the agent, the
+task is settled (stopped, with a reason naming the error) and its processes, cgroup and directory are gone.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
-import queue
+import select
 import shutil
 import signal
 import subprocess
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,12 +33,32 @@ from pathlib import Path
 from typing import Any
 
 from taskrunner_local.aws_inside import AwsInside, iso_timestamp
-from taskrunner_local.limits import LimitsFactory
+from taskrunner_local.limits import LimitsFactory, TaskLimits
 
-LOG_FLUSH_SECONDS = 0.2
-LOG_BATCH_EVENTS = 1000
 OOM_REASON = "OutOfMemoryError: Container killed due to memory usage"
 PASSED_HOST_VARIABLES = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
+#: CloudWatch Logs counts each event as its UTF-8 message plus 26 bytes.
+LOG_EVENT_OVERHEAD_BYTES = 26
+#: The awslogs driver's maximumBytesPerEvent: CloudWatch's 256 KiB event limit minus the overhead. A longer
+#: line becomes several events.
+LOG_EVENT_MAX_BYTES = 262_144 - LOG_EVENT_OVERHEAD_BYTES
+#: PutLogEvents' limits: events per batch, and bytes per batch counting the overhead of each event.
+LOG_BATCH_MAX_EVENTS = 10_000
+LOG_BATCH_MAX_BYTES = 1_048_576
+LOG_FLUSH_SECONDS = 0.2
+#: What one task's output may hold of the agent's memory while its log stream is behind, counted as
+#: CloudWatch counts it; past it the agent stops reading the task's pipes, so the task's writes block, as a
+#: container runtime's do. (A batch being shipped, a partial line per stream and the pipes come on top.)
+LOG_QUEUE_MAX_BYTES = 1_048_576
+LOG_QUEUE_MAX_EVENTS = 10_000
+LOG_READ_BYTES = 65_536
+#: After the main process exited (and every other process of the task was killed), how long the agent keeps
+#: reading the pipes for what is still in them before it closes them: only a process outside the task can hold
+#: them open longer.
+LOG_DRAIN_SECONDS = 1.0
+#: How often the agent looks at a stop timeout running out while it waits on the task.
+SUPERVISE_POLL_SECONDS = 0.25
 
 
 def _now() -> datetime:
@@ -72,56 +99,191 @@ class _RunningTask:
     process: subprocess.Popen[bytes] | None = None
     thread: threading.Thread | None = None
     stop_timeout: float = 30.0
+    limits: TaskLimits | None = None
+    workdir: Path | None = None
+    shipper: _LogShipper | None = None
+    #: when (monotonic) every process of a task that was asked to stop gets SIGKILL
+    kill_at: float | None = None
+    terminated: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _event_text(piece: bytes) -> tuple[str, int]:
+    """A piece of output as an event's message, and the message's size as CloudWatch counts it (UTF-8 bytes;
+    an undecodable byte becomes U+FFFD, three bytes)."""
+    try:
+        return piece.decode("utf-8"), len(piece)
+    except UnicodeDecodeError:
+        text = piece.decode("utf-8", errors="replace")
+        return text, len(text.encode("utf-8"))
+
+
+def _char_boundary(data: bytes | bytearray, start: int, end: int) -> int:
+    """`end`, moved back (at most three bytes, never to `start`) so that it does not cut a UTF-8 character."""
+    cut = end
+    while cut > start + 1 and end - cut < 3 and 0x80 <= data[cut] < 0xC0:  # a continuation byte
+        cut -= 1
+    return cut if cut > start and not 0x80 <= data[cut] < 0xC0 else end
+
+
+def _take_event(data: bytes | bytearray, start: int) -> tuple[int, str, int]:
+    """The longest piece of `data` from `start` that makes one event of at most LOG_EVENT_MAX_BYTES, cut
+    between characters where the bytes are UTF-8: its end, its message and its size."""
+    end = min(len(data), start + LOG_EVENT_MAX_BYTES)
+    while True:
+        if end < len(data):
+            end = _char_boundary(data, start, end)
+        text, size = _event_text(bytes(data[start:end]))
+        if size <= LOG_EVENT_MAX_BYTES:
+            return end, text, size
+        # undecodable bytes grew it (each to three): shrink it in proportion, then cut between characters again
+        end = start + max(1, min(end - start - 1, (end - start) * LOG_EVENT_MAX_BYTES // size))
+
+
+class _LineSplitter:
+    """One output stream into log events the way the awslogs driver makes them: a line is an event (without
+    its newline), a line longer than LOG_EVENT_MAX_BYTES becomes several, and a partial line is never held
+    beyond one event's worth."""
+
+    def __init__(self) -> None:
+        self._partial = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[str, int]]:
+        events: list[tuple[str, int]] = []
+        lines = data.split(b"\n")
+        for index, line in enumerate(lines[:-1]):
+            if index == 0 and self._partial:
+                self._partial += line
+                complete: bytes | bytearray = self._partial
+                self._partial = bytearray()
+            else:
+                complete = line
+            events += self._line(complete[:-1] if complete.endswith(b"\r") else complete)
+        self._partial += lines[-1]
+        while len(self._partial) > LOG_EVENT_MAX_BYTES:  # a line this long is several events
+            end, text, size = _take_event(self._partial, 0)
+            events.append((text, size))
+            del self._partial[:end]
+        return events
+
+    def flush(self) -> list[tuple[str, int]]:
+        """The last line of a stream that ended without a newline."""
+        if not self._partial:
+            return []
+        events = self._line(self._partial)
+        self._partial = bytearray()
+        return events
+
+    @staticmethod
+    def _line(line: bytes | bytearray) -> list[tuple[str, int]]:
+        if len(line) <= LOG_EVENT_MAX_BYTES:
+            text, size = _event_text(bytes(line))
+            if size <= LOG_EVENT_MAX_BYTES:
+                return [(text, size)]
+        events = []
+        start = 0
+        while start < len(line):
+            start, text, size = _take_event(line, start)
+            events.append((text, size))
+        return events
 
 
 class _LogShipper:
-    """Ships one task's output to its awslogs stream, line by line, in order, in batches."""
+    """Ships one task's output to its awslogs stream, in order, in PutLogEvents batches within CloudWatch's
+    limits. Its queue is bounded: `put` blocks while the stream is behind (backpressure)."""
 
     def __init__(self, aws: AwsInside, group: str | None, stream: str | None) -> None:
         self.aws = aws
         self.group = group
         self.stream = stream
-        self.lines: queue.Queue[tuple[int, str] | None] = queue.Queue()
+        self._events: collections.deque[tuple[int, str, int]] = collections.deque()
+        self._queued_bytes = 0
+        self._changed = threading.Condition()
+        self._closed = False
+        self._dead = False
         self._last_ms = 0
-        self._lock = threading.Lock()
         self.lost = 0
+        self.error: BaseException | None = None
         if group and stream:
             aws.create_log_stream(group, stream)
         self._thread = threading.Thread(target=self._ship, daemon=True, name=f"logs-{stream}")
         self._thread.start()
 
     def line(self, text: str) -> None:
-        with self._lock:
+        self.put(text, len(text.encode("utf-8")))
+
+    def put(self, text: str, size: int) -> None:
+        cost = size + LOG_EVENT_OVERHEAD_BYTES
+        with self._changed:
+            while not self._dead and (
+                len(self._events) >= LOG_QUEUE_MAX_EVENTS
+                or (self._events and self._queued_bytes + cost > LOG_QUEUE_MAX_BYTES)
+            ):
+                self._changed.wait(1.0)
+            if self._dead:  # nothing ships any more: count the line, do not block the task forever
+                self.lost += 1
+                return
             stamp = max(self._last_ms, int(time.time() * 1000))
             self._last_ms = stamp
-            self.lines.put((stamp, text))
+            self._events.append((stamp, text, cost))
+            self._queued_bytes += cost
+            self._changed.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
-        self.lines.put(None)
+        """Ship what is queued and stop; returns once every line is in the log stream."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
         self._thread.join()
 
     def _ship(self) -> None:
+        try:
+            self._ship_batches()
+        except BaseException as exc:  # the agent reports it; the task's output must never block on it
+            self.error = exc
+        finally:
+            with self._changed:  # from now on a line is counted lost, never waited on
+                self._dead = True
+                self.lost += len(self._events)
+                self._events.clear()
+                self._changed.notify_all()
+
+    def _ship_batches(self) -> None:
         batch: list[dict[str, Any]] = []
-        deadline = time.monotonic() + LOG_FLUSH_SECONDS
+        batch_bytes = 0
+        deadline: float | None = None
         while True:
-            timeout = max(0.0, deadline - time.monotonic())
-            try:
-                item = self.lines.get(timeout=timeout)
-            except queue.Empty:
-                pass
-            else:
-                if item is None:
-                    self._put(batch)
-                    return
-                stamp, text = item
-                batch.append({"timestamp": stamp, "message": text})
-            if len(batch) >= LOG_BATCH_EVENTS or time.monotonic() >= deadline:
-                self._put(batch)
-                batch = []
+            with self._changed:
+                while not self._events and not self._closed:
+                    timeout = None if deadline is None else deadline - time.monotonic()
+                    if timeout is not None and timeout <= 0:
+                        break
+                    self._changed.wait(timeout)
+                while self._events and len(batch) < LOG_BATCH_MAX_EVENTS:
+                    stamp, text, cost = self._events[0]
+                    if batch_bytes + cost > LOG_BATCH_MAX_BYTES:
+                        break
+                    self._events.popleft()
+                    self._queued_bytes -= cost
+                    batch.append({"timestamp": stamp, "message": text})
+                    batch_bytes += cost
+                self._changed.notify_all()
+                full = bool(self._events)  # what is left did not fit in this batch
+                done = self._closed and not self._events
+            if batch and deadline is None:
                 deadline = time.monotonic() + LOG_FLUSH_SECONDS
+            if batch and (full or done or (deadline is not None and time.monotonic() >= deadline)):
+                self._put(batch)
+                batch, batch_bytes, deadline = [], 0, None
+            if done:
+                return
 
     def _put(self, batch: list[dict[str, Any]]) -> None:
-        if not batch or not (self.group and self.stream):
+        if not (self.group and self.stream):
             return
         for attempt in range(5):
             try:
@@ -214,6 +376,19 @@ class FargateAgent:
         )
 
     def _run(self, running: _RunningTask) -> None:
+        """The task's thread. Whatever happens in it, the task ends settled and leaves nothing behind."""
+        try:
+            self._run_task(running)
+        except Exception as exc:
+            self.on_log(f"agent error in {running.task.task_arn}: {exc!r}\n{traceback.format_exc().rstrip()}")
+            try:
+                self._fail(running, exc)
+            except Exception as again:
+                self.on_log(f"could not settle {running.task.task_arn} after an agent error: {again!r}")
+        finally:
+            self._clean_up(running)
+
+    def _run_task(self, running: _RunningTask) -> None:
         task = running.task
         try:
             launch = self._resolve(running)
@@ -249,9 +424,11 @@ class FargateAgent:
                 "tasks with a command",
             )
             return
-        workdir = Path(tempfile.mkdtemp(prefix=f"task-{task.id}-", dir=self.work_dir))
-        limits = self.limits.for_task(task.id, launch.memory_mib * 1024 * 1024, launch.cpu_units / 1024)
-        shipper = _LogShipper(self.aws, launch.log_group, launch.log_stream)
+        running.workdir = workdir = Path(tempfile.mkdtemp(prefix=f"task-{task.id}-", dir=self.work_dir))
+        running.limits = limits = self.limits.for_task(
+            task.id, launch.memory_mib * 1024 * 1024, launch.cpu_units / 1024
+        )
+        running.shipper = shipper = _LogShipper(self.aws, launch.log_group, launch.log_stream)
         environment = {k: os.environ[k] for k in PASSED_HOST_VARIABLES if k in os.environ}
         environment.update(
             HOME=str(workdir),
@@ -261,90 +438,190 @@ class FargateAgent:
             ECS_CONTAINER_NAME=launch.container_name,
         )
         environment.update(launch.environment)
+        environment.update(limits.environment())
         try:
-            try:
-                process = subprocess.Popen(
-                    launch.command,
-                    cwd=workdir,
-                    env=environment,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    start_new_session=True,
-                    preexec_fn=limits.enter,  # noqa: PLW1509 - only writes our pid into the task's cgroup
-                )
-            except (OSError, subprocess.SubprocessError) as exc:
-                shipper.line(f"CannotStartContainerError: {exc}")
-                self._finish(running, stop_code="TaskFailedToStart", reason=f"CannotStartContainerError: {exc}")
-                return
-            running.process = process
-            task.local_process_group = process.pid  # lets a restarted agent find what this one left running
-            limits.started(process.pid)
-            task.started_at = _now()
-            task._status = "RUNNING"
-            for container in task.containers:
-                container.last_status = "RUNNING"
-            self._emit(task)
-            if running.stop_requested.is_set():
-                self._terminate(running)
-            readers = [
-                threading.Thread(target=self._pump, args=(stream, shipper), daemon=True)
-                for stream in (process.stdout, process.stderr)
-            ]
-            for reader in readers:
-                reader.start()
-            returncode = process.wait()
-            if self._detached:
-                return
-            task.execution_stopped_at = _now()
-            self._kill_group(process.pid)  # leave no process behind
-            for reader in readers:
-                reader.join()
-            exit_code = 128 - returncode if returncode < 0 else returncode
-            oom = limits.oom_killed()
-            for container in task.containers:
-                container.exitCode = exit_code
-                container.reason = OOM_REASON if oom else None
-            if running.stop_requested.is_set():
-                self._finish(running, stop_code="UserInitiated", reason=running.stop_reason, shipper=shipper)
-            else:
-                self._finish(
-                    running,
-                    stop_code="EssentialContainerExited",
-                    reason="Essential container in task exited",
-                    shipper=shipper,
-                )
-        finally:
-            limits.close()
-            shutil.rmtree(workdir, ignore_errors=True)
-
-    def _pump(self, stream: Any, shipper: _LogShipper) -> None:
-        for raw in iter(stream.readline, b""):
-            text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            shipper.line(text)
-        stream.close()
-
-    def _terminate(self, running: _RunningTask) -> None:
-        process = running.process
-        assert process is not None
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
+            process = subprocess.Popen(
+                launch.command,
+                cwd=workdir,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                bufsize=0,
+                start_new_session=True,
+                preexec_fn=limits.enter,  # noqa: PLW1509 - only writes our pid into the task's cgroups
+            )
+        except Exception as exc:  # not found, not executable, a NUL byte in an argument or variable, …
+            shipper.line(f"CannotStartContainerError: {exc}")
+            self._finish(
+                running, stop_code="TaskFailedToStart", reason=f"CannotStartContainerError: {exc}", shipper=shipper
+            )
             return
-        timeout = running.stop_timeout
+        running.process = process
+        task.local_process_group = process.pid  # lets a restarted agent find what this one left running
+        limits.started(process.pid)
+        task.started_at = _now()
+        task._status = "RUNNING"
+        for container in task.containers:
+            container.last_status = "RUNNING"
+        self._emit(task)
+        if running.stop_requested.is_set():
+            self._terminate(running)
+        returncode = self._supervise(running, process, limits, shipper)
+        if self._detached:
+            return
+        exit_code = 128 - returncode if returncode < 0 else returncode
+        oom = limits.oom_killed()
+        for container in task.containers:
+            container.exitCode = exit_code
+            container.reason = OOM_REASON if oom else None
+        if running.stop_requested.is_set():
+            self._finish(running, stop_code="UserInitiated", reason=running.stop_reason, shipper=shipper)
+        else:
+            self._finish(
+                running,
+                stop_code="EssentialContainerExited",
+                reason="Essential container in task exited",
+                shipper=shipper,
+            )
 
-        def escalate() -> None:
-            if process.poll() is None:
-                self._kill_group(process.pid)
+    def _supervise(
+        self, running: _RunningTask, process: subprocess.Popen[bytes], limits: TaskLimits, shipper: _LogShipper
+    ) -> int:
+        """Pump the task's output into its log stream until its main process exits; then kill every other
+        process of the task (ECS: the task stops with its essential container's main process), read what is
+        left in the pipes for a bounded time, and close them. Returns the main process's return code."""
+        assert process.stdout is not None and process.stderr is not None
+        streams = {process.stdout.fileno(): _LineSplitter(), process.stderr.fileno(): _LineSplitter()}
+        poller = select.poll()
+        for fd in streams:
+            poller.register(fd, select.POLLIN)
+        pidfd: int | None = None
+        with contextlib.suppress(AttributeError, OSError):  # before Linux 5.3: look a few times a second
+            pidfd = os.pidfd_open(process.pid)
+            poller.register(pidfd, select.POLLIN)  # readable once the process has exited
+        try:
+            while (returncode := process.poll()) is None:
+                timeout = SUPERVISE_POLL_SECONDS if pidfd is not None else 0.05
+                if running.kill_at is not None:
+                    timeout = min(timeout, max(0.0, running.kill_at - time.monotonic()))
+                self._pump(poller, streams, shipper, timeout)
+                if running.kill_at is not None and time.monotonic() >= running.kill_at and process.poll() is None:
+                    running.kill_at = None
+                    limits.kill_all()  # the stop timeout ran out: SIGKILL to every process of the task
+            if pidfd is not None:
+                poller.unregister(pidfd)  # stays readable from now on
+            if not self._detached:  # a replaced agent leaves the task to the one that replaced it
+                running.task.execution_stopped_at = _now()
+                self._kill_task_processes(running, limits)
+            deadline = time.monotonic() + LOG_DRAIN_SECONDS
+            while streams and (remaining := deadline - time.monotonic()) > 0:
+                self._pump(poller, streams, shipper, remaining)
+        finally:
+            for splitter in streams.values():
+                for text, size in splitter.flush():
+                    shipper.put(text, size)
+            process.stdout.close()
+            process.stderr.close()
+            if pidfd is not None:
+                os.close(pidfd)
+        return returncode
 
-        timer = threading.Timer(timeout, escalate)
-        timer.daemon = True
-        timer.start()
+    def _kill_task_processes(self, running: _RunningTask, limits: TaskLimits) -> None:
+        if not limits.kill_all():
+            self.on_log(f"some processes of {running.task.task_arn} could not be killed: {limits.processes()}")
 
     @staticmethod
-    def _kill_group(pgid: int) -> None:
+    def _pump(
+        poller: select.poll, streams: dict[int, _LineSplitter], shipper: _LogShipper, timeout_seconds: float
+    ) -> None:
+        """Read what the task wrote (one bounded chunk per ready stream) and queue it as events; blocks while
+        the task's log stream is behind, so the task's writes block too."""
+        for fd, _event in poller.poll(max(0, int(timeout_seconds * 1000))):
+            splitter = streams.get(fd)
+            if splitter is None:
+                continue  # the pidfd: the process has exited
+            data = os.read(fd, LOG_READ_BYTES)
+            events = splitter.feed(data) if data else splitter.flush()
+            for text, size in events:
+                shipper.put(text, size)
+            if not data:  # end of the stream
+                poller.unregister(fd)
+                del streams[fd]
+
+    def _terminate(self, running: _RunningTask) -> None:
+        """StopTask: SIGTERM to every process of the task now, SIGKILL to every one after the stop timeout
+        (the task's thread sends it)."""
+        with running.lock:
+            if running.terminated:
+                return
+            running.terminated = True
+        running.kill_at = time.monotonic() + running.stop_timeout
+        if running.limits is not None:
+            running.limits.signal_all(signal.SIGTERM)
+        elif running.process is not None:
+            self._kill_group(running.process.pid, signal.SIGTERM)
+
+    @staticmethod
+    def _kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
+            os.killpg(pgid, sig)
+
+    def _fail(self, running: _RunningTask, error: Exception) -> None:
+        """An error of the agent itself: kill the task's processes and settle the task, as a start failure
+        when its container had not started, else as its essential container having exited."""
+        task = running.task
+        if self._detached or task._status == "STOPPED":
+            return
+        if running.limits is not None:
+            self._kill_task_processes(running, running.limits)
+        elif running.process is not None:
+            self._kill_group(running.process.pid)
+        if running.process is not None:
+            with contextlib.suppress(Exception):
+                running.process.wait(timeout=5)  # reaped, not left a zombie
+        if getattr(task, "started_at", None) is None:
+            self._finish(
+                running,
+                stop_code="TaskFailedToStart",
+                reason=f"CannotStartContainerError: {error}",
+                shipper=running.shipper,
+            )
+            return
+        for container in task.containers:
+            container.exitCode = None
+            container.reason = f"Local agent error: {error!r}"
+        task.execution_stopped_at = task.execution_stopped_at or _now()
+        stopped = running.stop_requested.is_set()
+        self._finish(
+            running,
+            stop_code="UserInitiated" if stopped else "EssentialContainerExited",
+            reason=running.stop_reason
+            if stopped
+            else f"Essential container in task exited: local agent error: {error!r}",
+            shipper=running.shipper,
+        )
+
+    def _clean_up(self, running: _RunningTask) -> None:
+        """On every path out of a task's thread: no process, cgroup, directory or pipe of it is left."""
+        task = running.task
+        try:
+            if running.process is not None:
+                for pipe in (running.process.stdout, running.process.stderr):
+                    if pipe is not None:
+                        pipe.close()
+            if running.limits is not None and not running.limits.close():
+                self.on_log(f"some processes of {task.task_arn} outlived it: {running.limits.processes()}")
+            if running.shipper is not None and not running.shipper.closed:
+                running.shipper.close()
+        except Exception as exc:
+            self.on_log(f"could not clean up after {task.task_arn}: {exc!r}")
+        finally:
+            if running.workdir is not None:
+                shutil.rmtree(running.workdir, ignore_errors=True)
+            if not self._detached:
+                with self._lock:
+                    self._running.pop(task.task_arn, None)
 
     def _finish(
         self,
@@ -360,6 +637,8 @@ class FargateAgent:
         task._status = "DEPROVISIONING"
         if shipper is not None:
             shipper.close()  # every line is in the log stream before the task reports STOPPED
+            if shipper.error is not None:
+                self.on_log(f"the log stream of {task.task_arn} failed: {shipper.error!r}")
             if shipper.lost:
                 self.on_log(f"{shipper.lost} log line(s) of {task.task_arn} could not be written to its log stream")
         if stop_code == "TaskFailedToStart":
@@ -403,7 +682,8 @@ class FargateAgent:
 
     def settle_orphans(self, backend: Any) -> int:
         """Tasks the emulator still shows as not stopped, with no process of this agent behind them (an agent
-        restart): settle them as stopped, so their tasks get a final status and metering."""
+        restart): kill what is left of them (every process in the task's cgroup, or its process group and
+        session where it has no cgroup), and settle them as stopped, so they get a final status and metering."""
         settled = 0
         for cluster_tasks in list(backend.tasks.values()):
             for arn, task in list(cluster_tasks.items()):
@@ -411,9 +691,8 @@ class FargateAgent:
                     ours = arn in self._running
                 if ours or task._status == "STOPPED":
                     continue
-                group = getattr(task, "local_process_group", None)
-                if group:
-                    self._kill_group(group)
+                if not self.limits.kill_leftovers(task.id, getattr(task, "local_process_group", None)):
+                    self.on_log(f"some processes of the orphaned task {arn} could not be killed")
                 started = getattr(task, "started_at", None) is not None
                 if started:
                     for container in task.containers:
@@ -430,7 +709,9 @@ class FargateAgent:
         with self._lock:
             running = list(self._running.values())
         for task in running:
-            if task.process is not None:
+            if task.limits is not None:
+                task.limits.kill_all()
+            elif task.process is not None:
                 self._kill_group(task.process.pid)
         for task in running:
             if task.thread is not None:
