@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,9 @@ import requests
 from taskrunner_local.client import TaskRunnerClient
 from taskrunner_local.limits import CGROUP_ROOT, TASK_PIDS_MAX
 from taskrunner_local.stack import LocalStack
+from tests.support.local_tasks import processes_with, shell, wait_until
 
 LOG_EVENT_MAX_BYTES = 262_118  # CloudWatch's 256 KiB per event, minus its 26 bytes of overhead
-
-
-def shell(script: str, **spec: object) -> dict[str, object]:
-    return {"image": "python:3.12-slim", "command": ["sh", "-c", script], **spec}
 
 
 def seconds(base: int) -> str:
@@ -45,27 +41,6 @@ def sleeping(argument: str) -> list[int]:
             except OSError:
                 continue
     return found
-
-
-def running_with(marker: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return bool(predicate())
 
 
 def leftovers(stack: LocalStack, ecs_task_arn: str) -> list[str]:
@@ -219,7 +194,7 @@ def test_a_flood_of_lines_is_held_back_while_the_log_stream_is_stalled_and_arriv
         assert stalled.wait(30)
         time.sleep(2)
         # the agent holds a bounded backlog, so the task's writes block, as a container runtime's do
-        assert running_with(marker), "the task wrote 100,000 lines into an unbounded buffer"
+        assert processes_with(marker), "the task wrote 100,000 lines into an unbounded buffer"
         assert api.get(task_id)["status"] == "RUNNING"
     finally:
         released.set()

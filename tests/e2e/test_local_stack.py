@@ -5,42 +5,16 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import time
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
 
 import requests
 from taskrunner.fargate import billed_seconds, charge, region_prices
 
 from taskrunner_local.client import TaskRunnerClient
 from taskrunner_local.stack import LocalStack
-
-
-def shell(script: str, **spec: object) -> dict[str, object]:
-    return {"image": "python:3.12-slim", "command": ["sh", "-c", script], **spec}
-
-
-def processes_with(marker: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return bool(predicate())
+from tests.support.local_tasks import processes_with, shell, wait_until
 
 
 def test_the_readme_curl_succeeds_with_60_billed_seconds_and_its_output_in_the_logs(stack: LocalStack) -> None:

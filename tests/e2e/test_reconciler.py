@@ -14,6 +14,7 @@ from taskrunner.fargate import billed_seconds
 from taskrunner_local.client import TaskRunnerClient
 from taskrunner_local.config import ROOT
 from taskrunner_local.stack import LocalStack
+from tests.support.local_tasks import wait_until
 
 SCHEDULED = json.loads((ROOT / "events" / "reconcile" / "scheduled.json").read_text())
 
@@ -75,15 +76,6 @@ def metering_records(stack: LocalStack, task_id: str) -> list[dict[str, Any]]:
     return records
 
 
-def wait_for(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return bool(predicate())
-
-
 def test_a_task_whose_workflow_stopped_and_whose_events_were_lost_is_settled_once(
     stack: LocalStack, api: TaskRunnerClient
 ) -> None:
@@ -91,8 +83,10 @@ def test_a_task_whose_workflow_stopped_and_whose_events_were_lost_is_settled_onc
     # Given a RUNNING task whose execution is stopped and whose STOPPED event is lost
     with reconciler_schedule_paused(stack), a_lost_running_task(stack, api, f"echo {marker}; sleep 4") as task:
         sfn = stack.client("stepfunctions")
-        assert wait_for(lambda: sfn.describe_execution(executionArn=task["execution_arn"])["status"] == "ABORTED", 10)
-        assert wait_for(lambda: ecs_task(stack, task["ecs_task_arn"])["lastStatus"] == "STOPPED", 30)
+        assert wait_until(
+            lambda: sfn.describe_execution(executionArn=task["execution_arn"])["status"] == "ABORTED", 10, interval=0.2
+        )
+        assert wait_until(lambda: ecs_task(stack, task["ecs_task_arn"])["lastStatus"] == "STOPPED", 30, interval=0.2)
         time.sleep(2)
         assert api.get(task["task_id"])["status"] == "RUNNING"  # nothing settled it: it would stay RUNNING
         # When the reconciler runs (invoked through the local Lambda runtime, as its schedule does)
