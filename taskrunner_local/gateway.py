@@ -144,7 +144,7 @@ def _error_code(error: Any) -> str:
         413: "PAYLOAD_TOO_LARGE",
         414: "URI_TOO_LONG",
         431: "HEADERS_TOO_LARGE",
-        501: "NOT_IMPLEMENTED",  # a Transfer-Encoding other than chunked (RFC 9112 §6.1)
+        501: "UNSUPPORTED_TRANSFER_ENCODING",  # answered as 400: see _JsonErrorTask
     }.get(int(error.code), "INTERNAL_ERROR")
 
 
@@ -168,7 +168,9 @@ class _JsonErrorTask(ErrorTask):  # type: ignore[misc]
     def execute(self) -> None:
         error = self.request.error
         body = _error_json(_error_code(error), _error_message(error, self.channel.server.adj))
-        self.status = f"{error.code} {error.reason}"
+        # RFC 9112 answers a Transfer-Encoding other than chunked with 501; the API's rule is that nothing a
+        # client sends earns a 5xx, and API Gateway answers it 400.
+        self.status = "400 Bad Request" if int(error.code) == 501 else f"{error.code} {error.reason}"
         self.response_headers.extend([("Content-Type", "application/json"), ("apigw-requestid", str(uuid.uuid4()))])
         self.set_close_on_finish()
         self.channel.linger_on_close = True

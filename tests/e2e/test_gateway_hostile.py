@@ -257,6 +257,11 @@ def test_an_oversized_chunked_body_is_413(gw: Gateway) -> None:
     assert_error(reply, 413, "PAYLOAD_TOO_LARGE")
 
 
+def test_a_transfer_encoding_other_than_chunked_is_400_not_501(gw: Gateway) -> None:
+    reply = exchange(gw.port, request("POST", "/tasks", "Transfer-Encoding: gzip", body=b"abc"), timeout=5)
+    assert_error(reply, 400, "UNSUPPORTED_TRANSFER_ENCODING")
+
+
 def test_a_body_shorter_than_its_content_length_is_408_in_bounded_time_and_others_are_served_meanwhile(
     gw: Gateway,
 ) -> None:
