@@ -81,7 +81,7 @@ build: sam-cli ## sam build (pass ARCH=x86_64 to build for this host)
 	$(SAM_PATH) $(SAM) build $(if $(ARCH),--parameter-overrides Architecture=$(ARCH))
 
 events: venv ## regenerate the sample events in events/
-	$(BIN)/python -m tests.support.sample_events
+	PYTHONPATH=layers/common $(BIN)/python -m tests.support.sample_events
 
 clean:
 	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache
