@@ -10,8 +10,9 @@ PY313 := $(PYENV_ROOT)/versions/3.13.0/bin
 SAM_PATH := PATH=$(PY313):$$PATH
 CHECKOV_VENV := .tools/checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
+SCHEMATHESIS_VENV := .tools/schemathesis
 
-.PHONY: help run demo bench venv sam-cli checkov-cli test test-fast lint typecheck cfn-lint checkov validate build events clean
+.PHONY: help run demo bench venv sam-cli checkov-cli schemathesis-cli test test-fast lint typecheck cfn-lint checkov schemathesis validate build events clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -52,7 +53,15 @@ $(CHECKOV_VENV)/.installed: requirements-checkov.txt
 
 checkov-cli: $(CHECKOV_VENV)/.installed ## install checkov in its own tool environment (its dependencies clash with ours)
 
-test: venv sam-cli checkov-cli ## run lint, type checks and every test (unit, integration, template, packaging)
+$(SCHEMATHESIS_VENV)/.installed: requirements-schemathesis.txt
+	$(PYTHON) -m venv $(SCHEMATHESIS_VENV)
+	$(SCHEMATHESIS_VENV)/bin/pip install --quiet --upgrade pip
+	$(SCHEMATHESIS_VENV)/bin/pip install --quiet -r requirements-schemathesis.txt
+	touch $@
+
+schemathesis-cli: $(SCHEMATHESIS_VENV)/.installed ## install schemathesis in its own tool environment (it pins its own hypothesis)
+
+test: venv sam-cli checkov-cli schemathesis-cli ## run lint, type checks and every test (unit, integration, template, packaging)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -70,6 +79,9 @@ typecheck: venv ## mypy (strict, pydantic plugin) on the layer, the functions an
 
 cfn-lint: venv ## cfn-lint on template.yaml
 	$(BIN)/cfn-lint template.yaml
+
+schemathesis: venv schemathesis-cli ## schemathesis on a fresh local stack's /openapi.json (SCHEMATHESIS_SEED=n replays a run)
+	$(BIN)/python -m pytest -p no:cacheprovider tests/e2e/test_schemathesis.py -q -s
 
 checkov: checkov-cli ## checkov security checks on template.yaml (tests/template/test_checkov.py asserts none fails)
 	$(CHECKOV) -f template.yaml --framework cloudformation --skip-download --compact --quiet

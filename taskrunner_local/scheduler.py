@@ -133,10 +133,13 @@ class SchedulerTicker:
         if schedule.arn in self.local_periods:
             return self._every(self.local_periods[schedule.arn], start, end)
         try:
-            expression = parse_schedule_expression(schedule.schedule_expression)
-        except ScheduleExpressionError as exc:
-            self.on_log(f"schedule {schedule.arn} has an expression this ticker cannot read: {exc.rule}")
+            return self._due_by_expression(schedule, start, end)
+        except ScheduleExpressionError as exc:  # one schedule this ticker cannot read must not stop the others
+            self.on_log(f"schedule {schedule.arn} cannot be scheduled here: {exc.rule}")
             return []
+
+    def _due_by_expression(self, schedule: Any, start: datetime, end: datetime) -> list[datetime]:
+        expression = parse_schedule_expression(schedule.schedule_expression)
         # Rate schedules count from their start date, or else from when they were created or last updated: the
         # first run is one period after that, never at the moment of writing (as the API's next_run_times says).
         start_date = _aware(schedule.start_date)

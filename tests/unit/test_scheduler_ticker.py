@@ -109,3 +109,14 @@ def test_template_rate_schedules_sped_up_fire_at_the_local_period_and_others_kee
     # Then the template's fires every 30 s from the ticker's start, the user's not before its own 5 minutes
     assert [(arn, t.second) for arn, t in fired] == [(reconcile_arn, 31), (reconcile_arn, 1)]
     assert [event["scheduled_time"] for _, event in calls] == ["2027-01-01T00:00:31Z", "2027-01-01T00:01:01Z"]
+
+
+def test_a_schedule_the_ticker_cannot_place_does_not_stop_the_others(scheduler) -> None:
+    # Given a schedule that ended before it could start, beside a good one
+    create(scheduler, "over", "rate(1 minute)", EndDate=datetime(2026, 1, 1, tzinfo=UTC))
+    create(scheduler, "good", "rate(5 minutes)", StartDate=datetime(2027, 1, 1, tzinfo=UTC))
+    ticker, calls, logs = ticker_at(datetime(2027, 1, 1, 0, 1, tzinfo=UTC))
+    # When the ticker ticks
+    fired = ticker.tick(datetime(2027, 1, 1, 0, 6, tzinfo=UTC))
+    # Then the good one fires all the same
+    assert [t.minute for _, t in fired] == [5]

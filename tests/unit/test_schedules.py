@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from pydantic import ValidationError
-from taskrunner.errors import ScheduleAlreadyExists, ScheduleNotFound
+from taskrunner.errors import InvalidParameter, ScheduleAlreadyExists, ScheduleNotFound
 from taskrunner.models import TaskSpec, TaskStatus
 from taskrunner.schedules import (
     OverlapPolicy,
@@ -92,6 +92,8 @@ def test_nightly_in_berlin_runs_at_three_oclock_berlin_time_across_the_dst_chang
         ({"task": {"image": "x", "cpu": 256, "memory": 4096}}, "memory", "512, 1024, 2048"),
         ({"name": "has space"}, "name", ""),
         ({"start_date": "2027-01-02T00:00:00Z", "end_date": "2027-01-01T00:00:00Z"}, "end_date", "after"),
+        ({"start_date": 0}, "start_date", "ISO-8601"),
+        ({"end_date": "0001-01-01T00:00:00+01:00"}, "end_date", "between 0001-01-01 and 9999-12-31"),
     ],
 )
 def test_each_rule_names_its_field(fields, field, phrase):
@@ -209,3 +211,28 @@ def test_rate_runs_count_from_when_the_schedule_was_written(world):
 
 def test_task_spec_in_a_schedule_is_the_same_model_as_post_tasks():
     assert ScheduleSpec.model_fields["task"].annotation is TaskSpec
+
+
+def test_a_recurring_schedule_cannot_start_in_the_past_but_an_update_may_keep_its_start(world):
+    service, _, scheduler, _ = world
+    # Given a schedule that starts now
+    service.create("default", spec(start_date=NOW))
+    # When it is written again with its start date kept, then with one moved an hour into the past
+    later = ScheduleService(
+        store=service.store, scheduler=scheduler, tasks=service.tasks, clock=lambda: NOW + timedelta(days=1)
+    )
+    kept = later.update("default", "nightly", spec(start_date=NOW, enabled=False))
+    # Then keeping it is fine (the schedule has started), moving it into the past is what EventBridge refuses
+    assert kept.enabled is False
+    with pytest.raises(InvalidParameter) as refused:
+        later.update("default", "nightly", spec(start_date=NOW + timedelta(days=1, hours=-1)))
+    assert refused.value.field == "start_date"
+    with pytest.raises(InvalidParameter):
+        later.create("default", spec(name="late", start_date=NOW))
+    assert later.create("default", spec(name="once", schedule_expression="at(2027-03-20T00:00:00)", start_date=NOW))
+
+
+def test_a_schedule_that_ended_before_it_began_has_no_next_runs(world):
+    service, *_ = world
+    ended = service.create("default", spec(end_date=NOW - timedelta(days=1)))
+    assert ended.next_run_times == [] and service.list_schedules("default", 10, None).items[0].next_run_times == []

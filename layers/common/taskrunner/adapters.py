@@ -24,7 +24,7 @@ from taskrunner.errors import (
 from taskrunner.models import CONTAINER_NAME, LogEvent, Metering, Task, TaskStatus
 from taskrunner.observability import logger
 from taskrunner.observation import TaskObservation
-from taskrunner.schedules import Schedule, ScheduleRun
+from taskrunner.schedules import START_DATE_PAST_LIMIT, Schedule, ScheduleRun
 from taskrunner.service import execution_arn_for, usage_day
 
 _serializer = TypeSerializer()
@@ -584,7 +584,9 @@ class EventBridgeScheduler:
         }
         if schedule.description:
             request["Description"] = schedule.description
-        if schedule.start_date:
+        if schedule.start_date and schedule.start_date >= datetime.now(UTC) - START_DATE_PAST_LIMIT:
+            # An update that keeps a start date now past: the schedule has started, and EventBridge Scheduler
+            # refuses a start date more than 5 minutes old, so it is left out.
             request["StartDate"] = schedule.start_date
         if schedule.end_date:
             request["EndDate"] = schedule.end_date

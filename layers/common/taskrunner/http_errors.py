@@ -92,6 +92,7 @@ ERROR_DESCRIPTIONS = {
     409: "Conflict: the task is already terminal, the schedule exists, or the Idempotency-Key was used with "
     "another body",
     413: "The body is larger than 10 MB",
+    414: "The request line (path and query string, percent-encoded) is longer than the gateway's 8 KB",
     415: "The body is not JSON (Content-Type)",
     422: "A field or parameter breaks a rule; `details` names each field and its rule",
     500: "Internal error; the request id is in the logs",
@@ -112,7 +113,9 @@ def error_responses(*statuses: int) -> dict[int, Any]:
 
 def with_error_shape_everywhere(document: dict[str, Any]) -> dict[str, Any]:
     """Powertools documents its own 422 body (`{"detail": [...]}`) on every operation; this API answers 422,
-    and 500 on any route, in the one error shape. Declare both as they are."""
+    and 500 on any route, in the one error shape, and the gateway answers 414 on any route whose request line
+    is too long (a query of long non-ASCII values can be, within the parameters' own limits). Declare them as
+    they are."""
     for path_item in document.get("paths", {}).values():
         for operation in path_item.values():
             if not isinstance(operation, dict) or "responses" not in operation:
@@ -120,7 +123,7 @@ def with_error_shape_everywhere(document: dict[str, Any]) -> dict[str, Any]:
             operation["responses"] = responses = {str(k): v for k, v in operation["responses"].items()}
             if "204" in responses:
                 responses["204"].pop("content", None)  # no body
-            for status in ("422", "500"):
+            for status in ("414", "422", "500"):
                 responses[status] = {
                     "description": ERROR_DESCRIPTIONS[int(status)],
                     "content": {"application/json": {"schema": _ERROR_SCHEMA_REF}},

@@ -67,12 +67,16 @@ _RANK = {
 }
 
 # A container image reference: [registry[:port]/]path[:tag][@digest], lower-case path components. As in
-# Docker, the first component is a registry only when it has a dot or a port, or is `localhost`.
+# Docker, the first component is a registry only when it has a dot or a port, or is `localhost`. The digest
+# algorithm's separators are Docker's `[-_+.]`: written `[+.-_]` the class was the range `.`..`_` (digits,
+# capitals, `:`, `@`, ...), which let a separator also be a letter: an ambiguity that backtracking engines
+# (Python's `re`, and so every client generating or checking values from the OpenAPI pattern) explore in
+# exponential time.
 IMAGE_PATTERN = (
     r"^(?:(?:localhost|[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)+)(?::[0-9]+)?/|[a-zA-Z0-9-]+:[0-9]+/)?"
     r"[a-z0-9]+(?:[._-]{1,2}[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]{1,2}[a-z0-9]+)*)*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
-    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[+.-_][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
 )
 
 ImageRef = Annotated[

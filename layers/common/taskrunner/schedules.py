@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Protocol
 
@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from taskrunner.errors import ScheduleNotFound, TaskAlreadyTerminal
+from taskrunner.errors import InvalidParameter, ScheduleNotFound, TaskAlreadyTerminal
 from taskrunner.models import DEFAULT_TENANT, Task, TaskSpec
 from taskrunner.schedule_expressions import (
     ScheduleExpressionError,
@@ -104,7 +104,15 @@ class ScheduleSpec(BaseModel):
     @field_validator("start_date", "end_date")
     @classmethod
     def _utc_when_naive(cls, value: datetime | None) -> datetime | None:
-        return _aware(value)
+        value = _aware(value)
+        if value is not None:
+            try:  # 0001-01-01T00:00:00+01:00 is a valid datetime, but no instant in UTC (nor a timestamp)
+                value.astimezone(UTC)
+            except OverflowError:
+                raise PydanticCustomError(
+                    "datetime_range", "must be a date-time between 0001-01-01 and 9999-12-31 in UTC"
+                ) from None
+        return value
 
     @model_validator(mode="after")
     def _dates_in_order(self) -> ScheduleSpec:
@@ -192,6 +200,24 @@ class Scheduler(Protocol):
     def delete(self, tenant: str, name: str) -> None: ...
 
 
+#: EventBridge Scheduler refuses a cron or rate schedule whose start date is further in the past than this.
+START_DATE_PAST_LIMIT = timedelta(minutes=5)
+
+
+def check_start_date(spec: ScheduleSpec, now: datetime) -> None:
+    """Raise InvalidParameter (422) for what EventBridge Scheduler would refuse with a ValidationException (a 500
+    once it got that far): a recurring schedule starting more than 5 minutes ago. One-time schedules ignore it."""
+    if spec.start_date is None or spec.start_date >= now - START_DATE_PAST_LIMIT:
+        return
+    if parse_schedule_expression(spec.schedule_expression).kind == "at":
+        return
+    raise InvalidParameter(
+        "start_date",
+        "a cron or rate schedule cannot start more than 5 minutes in the past (EventBridge Scheduler's rule); "
+        "omit start_date to start now",
+    )
+
+
 def scheduled_task_id(tenant: str, name: str, scheduled_time: datetime) -> str:
     """The task id of a schedule's run at `scheduled_time`: the same for every delivery of that run, so a
     schedule that fires twice for one time creates one task, and still sorted by time like every task id."""
@@ -220,11 +246,15 @@ class ScheduleService:
         # A rate schedule counts from its start date, or from when it was last written (as EventBridge Scheduler
         # restarts it then).
         anchor = schedule.start_date or schedule.updated_at
+        if schedule.end_date is not None and schedule.end_date < anchor:
+            # Written without a start date and with an end date already past: it has ended before it began.
+            return schedule.model_copy(update={"next_run_times": []})
         runs = next_run_times(expression, schedule.timezone, self.clock(), count, anchor, schedule.end_date)
         return schedule.model_copy(update={"next_run_times": runs})
 
     def create(self, tenant: str, spec: ScheduleSpec) -> Schedule:
         now = self.clock()
+        check_start_date(spec, now)
         schedule = Schedule(**spec.model_dump(), tenant=tenant, created_at=now, updated_at=now)
         self.store.create(schedule)
         try:
@@ -248,6 +278,8 @@ class ScheduleService:
         current = self.store.get(tenant, name)
         if current is None:
             raise ScheduleNotFound(name)
+        if spec.start_date != current.start_date:  # one kept as it was has simply started
+            check_start_date(spec, self.clock())
         schedule = Schedule(
             **spec.model_dump(),
             tenant=tenant,
