@@ -248,7 +248,8 @@ def test_a_launch_that_raises_in_the_agent_stops_the_ecs_task_as_failed_to_start
     assert thread_errors == []
     assert stack.agent is not None
     assert wait_until(lambda: arn not in stack.agent._running, 5)
-    assert not [t for t in threading.enumerate() if t.name == f"task-{arn.rsplit('/', 1)[-1]}"]
+    # the task's thread ends (it settled the task first, so it may still be unwinding a moment after)
+    assert wait_until(lambda: not [t for t in threading.enumerate() if t.name == f"task-{arn.rsplit('/', 1)[-1]}"], 5)
     assert wait_until(lambda: not leftovers(stack, arn), 5)
 
 
