@@ -37,27 +37,16 @@ bench: venv ## benchmark the local stack (latency, throughput, cold import) and 
 
 venv: $(VENV)/.installed ## create the virtual environment with pinned dependencies
 
-$(SAM_VENV)/.installed: requirements-sam.txt
-	$(PYTHON) -m venv $(SAM_VENV)
-	$(SAM_VENV)/bin/pip install --quiet --upgrade pip
-	$(SAM_VENV)/bin/pip install --quiet -r requirements-sam.txt
+# Each tool in its own environment, from its own pinned requirements-<tool>.txt: they pin libraries apart from ours.
+.tools/%/.installed: requirements-%.txt
+	$(PYTHON) -m venv .tools/$*
+	.tools/$*/bin/pip install --quiet --upgrade pip
+	.tools/$*/bin/pip install --quiet -r $<
 	touch $@
 
 sam-cli: $(SAM_VENV)/.installed ## install SAM CLI in its own tool environment (it pins an older boto3)
 
-$(CHECKOV_VENV)/.installed: requirements-checkov.txt
-	$(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
-	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
-	touch $@
-
 checkov-cli: $(CHECKOV_VENV)/.installed ## install checkov in its own tool environment (its dependencies clash with ours)
-
-$(SCHEMATHESIS_VENV)/.installed: requirements-schemathesis.txt
-	$(PYTHON) -m venv $(SCHEMATHESIS_VENV)
-	$(SCHEMATHESIS_VENV)/bin/pip install --quiet --upgrade pip
-	$(SCHEMATHESIS_VENV)/bin/pip install --quiet -r requirements-schemathesis.txt
-	touch $@
 
 schemathesis-cli: $(SCHEMATHESIS_VENV)/.installed ## install schemathesis in its own tool environment (it pins its own hypothesis)
 
