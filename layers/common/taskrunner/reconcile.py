@@ -45,7 +45,7 @@ from taskrunner.models import DEFAULT_TENANT, Task, TaskStatus
 from taskrunner.observability import logger
 from taskrunner.observation import TaskObservation
 from taskrunner.ports import Executions
-from taskrunner.service import Outcome, TaskService, ecs_group, task_definition_family, task_id_at
+from taskrunner.service import Outcome, TaskService, task_id_at
 from taskrunner.settings import Settings
 
 #: the statuses of tasks that are not finished
@@ -199,7 +199,7 @@ class Reconciler:
         if going and not (past_timeout or past_launch):
             return Action.UNTOUCHED  # progressing normally
 
-        ecs_task_arn = task.ecs_task_arn or self._find_ecs_task(task)
+        ecs_task_arn = self.service.find_ecs_task(task)
         observation = self.compute.describe_task(ecs_task_arn) if ecs_task_arn else None
         if ecs_task_arn and observation is None:
             gone = TaskObservation(ecs_task_arn=ecs_task_arn, last_status="STOPPED")
@@ -227,7 +227,7 @@ class Reconciler:
             )
             assert task.execution_arn is not None
             self.executions.stop(task.execution_arn, f"{REASON_PREFIX}: {why}")
-            if self._find_ecs_task(task):  # launched after all, just before the execution stopped
+            if self.service.find_ecs_task(task):  # launched after all, just before the execution stopped
                 return Action.WAITING
             why += "; its workflow execution was stopped"
         outcome = Outcome.TIMED_OUT if timed_out else Outcome.ERROR
@@ -237,7 +237,7 @@ class Reconciler:
         """A TIMED_OUT or CANCELLED task without metering: its ECS task was being stopped."""
         if self.clock() < task.updated_at + timedelta(seconds=self.policy.grace_seconds):
             return Action.UNTOUCHED  # its STOPPED event is still expected
-        ecs_task_arn = task.ecs_task_arn or self._find_ecs_task(task)
+        ecs_task_arn = self.service.find_ecs_task(task)
         if ecs_task_arn is None:
             outcome = Outcome.TIMED_OUT if task.status is TaskStatus.TIMED_OUT else Outcome.NOT_STARTED
             return self._settle(task, outcome, None, None)
@@ -270,10 +270,6 @@ class Reconciler:
             ecs_task_arn=done.ecs_task_arn,
         )
         return Action.SETTLED
-
-    def _find_ecs_task(self, task: Task) -> str | None:
-        family = task_definition_family(self.service.settings.task_family_prefix, task.spec)
-        return self.compute.find_task(task.task_id, ecs_group(task.task_id), family)
 
 
 __all__ = ["Action", "ReconcilePolicy", "ReconcileReport", "Reconciler"]

@@ -273,7 +273,7 @@ class TaskService:
         task = self._move_to(task, TaskStatus.CANCELLED, reason, raise_if_terminal=True)
         if task.execution_arn:
             self.orchestrator.stop(task.execution_arn, reason)
-        ecs_task_arn = task.ecs_task_arn or self._find_ecs_task(task)
+        ecs_task_arn = self.find_ecs_task(task)
         if ecs_task_arn:
             # The ECS task's STOPPED event finalizes and meters it (the execution no longer will).
             self.compute.stop_task(ecs_task_arn, reason)
@@ -287,13 +287,16 @@ class TaskService:
             raise TaskNotFound(task_id)
         reason = f"Timed out after {task.spec.timeout_seconds} s"
         task = self._move_to(task, TaskStatus.TIMED_OUT, reason, raise_if_terminal=False)
-        ecs_task_arn = task.ecs_task_arn or self._find_ecs_task(task)
+        ecs_task_arn = self.find_ecs_task(task)
         if ecs_task_arn:
             self.compute.stop_task(ecs_task_arn, reason)
             self._remember_arn(task, ecs_task_arn)
         return ecs_task_arn
 
-    def _find_ecs_task(self, task: Task) -> str | None:
+    def find_ecs_task(self, task: Task) -> str | None:
+        """The ECS task started for `task`: the one on its record, else the one its startedBy or group finds."""
+        if task.ecs_task_arn:
+            return task.ecs_task_arn
         return self.compute.find_task(
             task.task_id, ecs_group(task.task_id), task_definition_family(self.settings.task_family_prefix, task.spec)
         )
@@ -378,7 +381,7 @@ class TaskService:
             if task.metering is not None:
                 return task
             if outcome is Outcome.ERROR and observation is None and not task.status.terminal:
-                ecs_task_arn = task.ecs_task_arn or self._find_ecs_task(task)
+                ecs_task_arn = self.find_ecs_task(task)
                 if ecs_task_arn:
                     # The workflow lost track of a task that ECS is running or ran: its ECS events finish it.
                     return self._remember_arn(task, ecs_task_arn)
