@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 import boto3
 import pytest
@@ -14,6 +13,7 @@ from tests.integration.conftest import invoke, load_event, metering_items
 from tests.support.apigw import http_event
 from tests.support.functions import load_function
 from tests.support.stack import REGION
+from tests.support.task_logs import print_lines
 
 api = load_function("api")
 
@@ -200,20 +200,7 @@ def test_logs_are_read_from_the_tasks_awslogs_stream(stack):
     task, _ = submit()
     status, page, _ = call(http_event("GET", f"/tasks/{task['task_id']}/logs"))
     assert status == 200 and page == {"events": [], "next_token": None}
-    task_events = load_function("task_events")
-    ecs_task_id = "0123456789abcdef0123456789abcdef"
-    running = load_event("ecs/task_state_change_running.json", **{"01JDQ5ZC8W0000000000000000": task["task_id"]})
-    running["detail"]["taskArn"] = f"arn:aws:ecs:us-east-1:123456789012:task/taskrunner/{ecs_task_id}"
-    invoke(task_events, running)
-    logs = boto3.client("logs", region_name=REGION)
-    stream = f"task/main/{ecs_task_id}"
-    logs.create_log_stream(logGroupName=stack.log_group, logStreamName=stream)
-    now = int(datetime.now(UTC).timestamp() * 1000)
-    logs.put_log_events(
-        logGroupName=stack.log_group,
-        logStreamName=stream,
-        logEvents=[{"timestamp": now + i, "message": f"line {i}"} for i in range(5)],
-    )
+    print_lines(stack, task["task_id"], 5)
     _, first, _ = call(http_event("GET", f"/tasks/{task['task_id']}/logs", query={"limit": "3"}))
     assert [e["message"] for e in first["events"]] == ["line 0", "line 1", "line 2"]
     _, second, _ = call(

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, datetime
 
-import boto3
 import pytest
 
-from tests.integration.conftest import invoke, load_event
+from tests.integration.conftest import invoke
 from tests.support.apigw import http_event
 from tests.support.functions import load_function
-from tests.support.stack import REGION
+from tests.support.task_logs import print_lines
 
 api = load_function("api")
 
@@ -173,19 +171,7 @@ def test_a_forged_next_token_is_422(stack, path, token):
 def _task_with_logs(stack, lines: int) -> dict:
     status, task = call(http_event("POST", "/tasks", body={"image": "busybox"}))
     assert status == 202
-    ecs_task_id = "0123456789abcdef0123456789abcdef"
-    running = load_event("ecs/task_state_change_running.json", **{"01JDQ5ZC8W0000000000000000": task["task_id"]})
-    running["detail"]["taskArn"] = f"arn:aws:ecs:us-east-1:123456789012:task/taskrunner/{ecs_task_id}"
-    invoke(load_function("task_events"), running)
-    logs = boto3.client("logs", region_name=REGION)
-    stream = f"task/main/{ecs_task_id}"
-    logs.create_log_stream(logGroupName=stack.log_group, logStreamName=stream)
-    now = int(datetime.now(UTC).timestamp() * 1000)
-    logs.put_log_events(
-        logGroupName=stack.log_group,
-        logStreamName=stream,
-        logEvents=[{"timestamp": now + i, "message": f"line {i}"} for i in range(lines)],
-    )
+    print_lines(stack, task["task_id"], lines)
     return task
 
 
