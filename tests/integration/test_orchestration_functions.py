@@ -11,7 +11,7 @@ from tests.integration.conftest import invoke, load_event, metering_items
 from tests.support.apigw import http_event
 from tests.support.functions import load_function
 from tests.support.sample_events import ECS_TASK_ARN, TASK_ID
-from tests.support.stack import run_ecs_task
+from tests.support.stack import add_container_instance, run_ecs_task
 
 api, finalize, stop_task, task_events = (load_function(n) for n in ("api", "finalize", "stop_task", "task_events"))
 
@@ -127,3 +127,70 @@ def test_a_malformed_finalize_input_is_rejected_before_any_write(task_id):
     with pytest.raises(ValidationError):
         invoke(finalize, {"task_id": task_id, "outcome": "MAYBE"})
     assert get_task(task_id)["status"] == "SUBMITTED"
+
+
+def _mark_provisioning(task_id):
+    """What the state machine's MarkProvisioning does before RunTask: the task may now have an ECS task."""
+    from datetime import UTC, datetime
+
+    from taskrunner.models import TaskStatus
+    from taskrunner.wiring import task_service
+
+    store = task_service().store
+    task = store.get(task_id)
+    now = datetime.now(UTC)
+    store.transition(task, TaskStatus.PROVISIONING, {"provisioning_at": now, "updated_at": now})
+
+
+def test_a_workflow_error_after_run_task_leaves_the_metering_to_the_ecs_tasks_stopped_event(task_id, stack, ddb):
+    # Given a task whose workflow called RunTask, then failed without the ECS task's description, and whose ECS
+    # task the lookup does not find yet (Step Functions sets startedBy itself; the group search sees nothing yet)
+    _mark_provisioning(task_id)
+    finalized = invoke(finalize, event("finalize/error.json", task_id))
+    # Then it gets its final status, but no metering record that would block the real one
+    assert finalized == {"task_id": task_id, "status": "FAILED", "metered": False}
+    assert metering_items(ddb, stack.tasks_table) == []
+    # When its ECS task reports STOPPED, the task is metered from the ECS task's own timestamps
+    invoke(task_events, event("ecs/task_state_change_stopped.json", task_id))
+    task = get_task(task_id)
+    assert task["status"] == "FAILED" and task["ecs_task_arn"] == ECS_TASK_ARN
+    assert task["metering"]["billed_seconds"] == 60 and task["metering"]["window_start"] is not None
+    [record] = metering_items(ddb, stack.tasks_table)
+    assert record["pk"]["S"] == f"METER#{ECS_TASK_ARN}"
+
+
+def test_a_timeout_without_an_observed_ecs_task_is_metered_by_the_late_stopped_event(task_id, stack):
+    _mark_provisioning(task_id)
+    assert invoke(stop_task, event("stop_task/timeout.json", task_id))["ecs_task_arn"] is None
+    timed_out = invoke(finalize, {"task_id": task_id, "outcome": "TIMED_OUT", "error": {"Error": "States.Timeout"}})
+    assert timed_out["status"] == "TIMED_OUT" and timed_out["metered"] is False
+    invoke(task_events, event("ecs/task_state_change_stopped.json", task_id))
+    task = get_task(task_id)
+    assert task["status"] == "TIMED_OUT" and task["metering"]["billed_seconds"] == 60
+
+
+def test_a_task_that_never_reached_run_task_is_metered_zero_at_once(task_id, stack, ddb):
+    invoke(finalize, event("finalize/error.json", task_id))  # e.g. RegisterTaskDefinition failed: still SUBMITTED
+    assert get_task(task_id)["metering"]["billed_seconds"] == 0
+    assert len(metering_items(ddb, stack.tasks_table)) == 1
+
+
+def test_looking_up_an_ecs_task_on_the_request_path_makes_a_bounded_number_of_calls(task_id, stack):
+    # Given a popular image: 250 ECS tasks of the task's family, none of them the task's own
+    from taskrunner.models import TaskSpec
+    from taskrunner.service import task_definition_family
+    from taskrunner.wiring import task_service
+
+    family = task_definition_family("taskrunner", TaskSpec(image="python:3.12-slim"))
+    for i in range(250):
+        if i % 50 == 0:  # each moto container instance has room for about fifty of these
+            add_container_instance(stack)
+        run_ecs_task(stack, started_by="AWS Step Functions", family=family, group=f"taskrunner:other-{i}")
+    ecs = task_service().compute.ecs
+    calls: list[str] = []
+    ecs.meta.events.register("before-call.ecs.*", lambda model, **_: calls.append(model.name))
+    # When a cancel looks for the task's ECS task
+    invoke(api, http_event("POST", f"/tasks/{task_id}/cancel"))
+    # Then it asks ECS at most four times (startedBy twice, one page of the family, one DescribeTasks)
+    assert len(calls) <= 4, calls
+    assert get_task(task_id)["status"] == "CANCELLED"

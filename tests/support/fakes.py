@@ -149,7 +149,7 @@ class FakeCompute:
         self.descriptions: dict[str, TaskObservation] = {}
         self.described: list[str] = []
 
-    def find_task(self, task_id: str, group: str, family: str) -> str | None:
+    def find_task(self, task_id: str, group: str, family: str, *, max_scanned: int) -> str | None:
         assert group == f"taskrunner:{task_id}" and family.startswith("taskrunner-")
         return self.tasks_by_started_by.get(task_id)
 

@@ -117,17 +117,24 @@ class Stack:
         return self
 
 
+def add_container_instance(stack: Stack) -> None:
+    """One more EC2 container instance in moto's cluster (each has room for a few dozen small tasks)."""
+    ec2 = boto3.client("ec2", region_name=REGION)
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]
+    document = json.dumps({"instanceId": instance["InstanceId"], "region": REGION, "accountId": ACCOUNT})
+    boto3.client("ecs", region_name=REGION).register_container_instance(
+        cluster=stack.cluster, instanceIdentityDocument=document
+    )
+
+
 def run_ecs_task(stack: Stack, started_by: str, *, family: str = "moto-ec2", group: str | None = None) -> str:
     """Start a real ECS task in moto's cluster and return its ARN.
 
     Uses the EC2 launch type: moto's Fargate RunTask needs the local stack's patches (DESIGN §3)."""
-    ec2 = boto3.client("ec2", region_name=REGION)
     ecs = boto3.client("ecs", region_name=REGION)
     if not ecs.list_container_instances(cluster=stack.cluster)["containerInstanceArns"]:
-        image = ec2.describe_images()["Images"][0]["ImageId"]
-        instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]
-        document = json.dumps({"instanceId": instance["InstanceId"], "region": REGION, "accountId": ACCOUNT})
-        ecs.register_container_instance(cluster=stack.cluster, instanceIdentityDocument=document)
+        add_container_instance(stack)
     ecs.register_task_definition(
         family=family,
         containerDefinitions=[{"name": "main", "image": "busybox", "memory": 128, "essential": True}],

@@ -370,3 +370,34 @@ def test_the_policy_comes_from_settings_with_defaults():
     assert policy.grace_seconds == 60 and policy.tenants == ("a", "b")
     assert policy.launch_grace_seconds == 900 and policy.max_tasks == 500
     assert ReconcilePolicy.from_settings(Settings.from_environment({"AWS_REGION": "x"})).tenants == ("default",)
+
+
+def test_a_task_failed_after_run_task_without_an_observed_ecs_task_is_metered_from_ecs_once_found(world):
+    # Given a PROVISIONING task whose workflow failed after RunTask: finalize gave it FAILED, not a metering record
+    task_id = world.submitted()
+    world.store.transition(world.task(task_id), TaskStatus.PROVISIONING, {"provisioning_at": T0})
+    failed = world.service.finalize(task_id, Outcome.ERROR, None, reason="ECS.AmazonECSException: Rate exceeded")
+    assert failed.status is TaskStatus.FAILED and failed.metering is None
+    # and its ECS task stopped after 100 s, the STOPPED event lost, the task now found by startedBy
+    world.ecs_stops(task_id, seconds=100)
+    world.compute.tasks_by_started_by[task_id] = ARN
+    world.clock.advance(301)
+    # When the reconciler runs
+    world.reconciler.run()
+    # Then the task keeps its status and is metered from what ECS reports (not 0)
+    task = world.task(task_id)
+    assert task.status is TaskStatus.FAILED and task.metering.billed_seconds == 100
+    assert list(world.store.metering) == [ARN]
+
+
+def test_a_task_failed_after_run_task_whose_ecs_task_never_existed_is_metered_zero_after_the_grace(world):
+    task_id = world.submitted()
+    world.store.transition(world.task(task_id), TaskStatus.PROVISIONING, {"provisioning_at": T0})
+    world.service.finalize(task_id, Outcome.ERROR, None, reason="ECS.AmazonECSException: Rate exceeded")
+    early = world.reconciler.run()
+    world.clock.advance(301)
+    world.reconciler.run()
+    assert early.counts["untouched"] == 1
+    task = world.task(task_id)
+    assert task.status is TaskStatus.FAILED and task.metering.billed_seconds == 0
+    assert list(world.store.metering) == [f"task/{task_id}"]

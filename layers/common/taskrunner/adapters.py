@@ -374,23 +374,37 @@ class EcsCompute:
         self.cluster = cluster
         self.ecs = client
 
-    def find_task(self, task_id: str, group: str, family: str) -> str | None:
+    def find_task(self, task_id: str, group: str, family: str, *, max_scanned: int) -> str | None:
         for desired in ("RUNNING", "STOPPED"):
             arns = self.ecs.list_tasks(cluster=self.cluster, startedBy=task_id, desiredStatus=desired)
             if arns.get("taskArns"):
                 return str(arns["taskArns"][0])
-        # Step Functions' .sync integration may set startedBy itself: look for the group among the family's tasks.
+        # Step Functions' .sync integration sets startedBy itself ("AWS Step Functions"): look for the group among
+        # the family's tasks, running ones first (those are the ones a cancel or timeout must stop), and never more
+        # than `max_scanned` of them: a popular image has thousands, and stopped ones stay listed for an hour.
+        budget = max_scanned
         for desired in ("RUNNING", "STOPPED"):
-            pages = self.ecs.get_paginator("list_tasks").paginate(
-                cluster=self.cluster, family=family, desiredStatus=desired
-            )
-            for page in pages:
+            token: str | None = None
+            while budget > 0:
+                request: dict[str, Any] = {
+                    "cluster": self.cluster,
+                    "family": family,
+                    "desiredStatus": desired,
+                    "maxResults": min(100, budget),
+                }
+                if token:
+                    request["nextToken"] = token
+                page = self.ecs.list_tasks(**request)
                 arns = page.get("taskArns") or []
-                for start in range(0, len(arns), 100):
-                    described = self.ecs.describe_tasks(cluster=self.cluster, tasks=arns[start : start + 100])
+                budget -= len(arns)
+                if arns:
+                    described = self.ecs.describe_tasks(cluster=self.cluster, tasks=arns)
                     for ecs_task in described.get("tasks", []):
                         if ecs_task.get("group") == group:
                             return str(ecs_task["taskArn"])
+                token = page.get("nextToken")
+                if not token or not arns:
+                    break
         return None
 
     def stop_task(self, ecs_task_arn: str, reason: str) -> None:

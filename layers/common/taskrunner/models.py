@@ -290,6 +290,10 @@ class Task(BaseModel):
     spec: TaskSpec
     created_at: datetime
     updated_at: datetime
+    provisioning_at: Annotated[
+        datetime | None,
+        Field(description="When the workflow asked ECS to run the task (it entered PROVISIONING)"),
+    ] = None
     started_at: datetime | None = None
     stopped_at: datetime | None = None
     exit_code: int | None = None

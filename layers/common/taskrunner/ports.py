@@ -63,9 +63,9 @@ class Orchestrator(Protocol):
 
 
 class Compute(Protocol):
-    def find_task(self, task_id: str, group: str, family: str) -> str | None:
+    def find_task(self, task_id: str, group: str, family: str, *, max_scanned: int) -> str | None:
         """The ARN of the ECS task started for this task, if one exists: started by `task_id`, or in
-        `group` among the tasks of the task definition `family`."""
+        `group` among at most `max_scanned` tasks of the task definition `family` (a bounded number of calls)."""
 
     def stop_task(self, ecs_task_arn: str, reason: str) -> None: ...
 

@@ -20,12 +20,13 @@ from what it can observe:
   stopped if it still runs, and the task is finalized FAILED (TIMED_OUT past its timeout) with a status reason
   that names the reconciler, metered 0 (no image pull started).
 
-Tasks that were given a final status while their ECS task still ran (TIMED_OUT, CANCELLED) are metered when the
-ECS task's STOPPED event comes. When that event is lost too, they stay unmetered, so the reconciler also looks at
-TIMED_OUT and CANCELLED tasks without a metering record, created within `lookback_seconds` (a task may time out
-up to 14 days after it was created): once a grace period has passed since they became terminal, a STOPPED ECS
-task meters them, a missing one meters them 0, and one that still runs is sent StopTask again and reported as
-unstoppable (logged as an error and counted, which a metric alarm can watch).
+Tasks that were given a final status while their ECS task still ran, or may have had one that nobody observed
+(TIMED_OUT, CANCELLED, FAILED after RunTask was called), are metered when the ECS task's STOPPED event comes. When
+that event is lost too, they stay unmetered, so the reconciler also looks at those tasks without a metering
+record, created within `lookback_seconds` (a task may time out up to 14 days after it was created): once a grace
+period has passed since they became terminal, a STOPPED ECS task meters them, a missing one meters them 0, and one
+that still runs is sent StopTask again and reported as unstoppable (logged as an error and counted, which a metric
+alarm can watch).
 
 Every settlement goes through `TaskService.finalize`, the one finalize path of the workflow and the event path:
 the final status and the one metering record are written in one conditional transaction, so a reconciler racing
@@ -50,8 +51,9 @@ from taskrunner.settings import Settings
 
 #: the statuses of tasks that are not finished
 ACTIVE_STATUSES = (TaskStatus.SUBMITTED, TaskStatus.PROVISIONING, TaskStatus.RUNNING)
-#: final statuses given while the ECS task may still run: metered once it reports STOPPED
-AWAITING_STOP_STATUSES = (TaskStatus.TIMED_OUT, TaskStatus.CANCELLED)
+#: final statuses given while the ECS task may still run, or may exist unobserved (the workflow ended after RunTask
+#: without the task's description): metered once it reports STOPPED
+AWAITING_STOP_STATUSES = (TaskStatus.TIMED_OUT, TaskStatus.CANCELLED, TaskStatus.FAILED)
 #: execution statuses of a workflow that is still going (PENDING_REDRIVE: a redrive is starting it again)
 EXECUTION_GOING = frozenset({"RUNNING", "PENDING_REDRIVE"})
 REASON_PREFIX = "Settled by the reconciler"
@@ -68,7 +70,7 @@ class ReconcilePolicy:
     launch_grace_seconds: int = 900
     #: tasks examined per run at most (each costs a DescribeExecution, and ECS calls when it is not progressing)
     max_tasks: int = 500
-    #: how far back (by creation) to look for TIMED_OUT and CANCELLED tasks still waiting for their metering
+    #: how far back (by creation) to look for terminal tasks (AWAITING_STOP_STATUSES) still waiting for their metering
     lookback_seconds: int = MAX_TIMEOUT_SECONDS + 86_400
     #: the tenants whose tasks are reconciled (the status index is partitioned by tenant)
     tenants: tuple[str, ...] = (DEFAULT_TENANT,)
@@ -199,7 +201,7 @@ class Reconciler:
         if going and not (past_timeout or past_launch):
             return Action.UNTOUCHED  # progressing normally
 
-        ecs_task_arn = self.service.find_ecs_task(task)
+        ecs_task_arn = self.service.find_ecs_task(task, thorough=True)
         observation = self.compute.describe_task(ecs_task_arn) if ecs_task_arn else None
         if ecs_task_arn and observation is None:
             gone = TaskObservation(ecs_task_arn=ecs_task_arn, last_status="STOPPED")
@@ -227,20 +229,22 @@ class Reconciler:
             )
             assert task.execution_arn is not None
             self.executions.stop(task.execution_arn, f"{REASON_PREFIX}: {why}")
-            if self.service.find_ecs_task(task):  # launched after all, just before the execution stopped
+            if self.service.find_ecs_task(task, thorough=True):  # launched after all, just before the execution stopped
                 return Action.WAITING
             why += "; its workflow execution was stopped"
         outcome = Outcome.TIMED_OUT if timed_out else Outcome.ERROR
-        return self._settle(task, outcome, None, f"{REASON_PREFIX}: {why}, and no ECS task was started")
+        return self._settle(
+            task, outcome, None, f"{REASON_PREFIX}: {why}, and no ECS task was started", launched=False
+        )
 
     def _awaiting_stop(self, task: Task) -> Action:
-        """A TIMED_OUT or CANCELLED task without metering: its ECS task was being stopped."""
+        """A terminal task without metering: its ECS task was being stopped, or may exist unobserved."""
         if self.clock() < task.updated_at + timedelta(seconds=self.policy.grace_seconds):
             return Action.UNTOUCHED  # its STOPPED event is still expected
-        ecs_task_arn = self.service.find_ecs_task(task)
+        ecs_task_arn = self.service.find_ecs_task(task, thorough=True)
         if ecs_task_arn is None:
             outcome = Outcome.TIMED_OUT if task.status is TaskStatus.TIMED_OUT else Outcome.NOT_STARTED
-            return self._settle(task, outcome, None, None)
+            return self._settle(task, outcome, None, None, launched=False)
         observation = self.compute.describe_task(ecs_task_arn)
         if observation is None:
             return self._settle(task, Outcome.EVENT, TaskObservation(ecs_task_arn, last_status="STOPPED"), None)
@@ -257,8 +261,18 @@ class Reconciler:
         )
         return Action.UNSTOPPABLE
 
-    def _settle(self, task: Task, outcome: Outcome, observation: TaskObservation | None, reason: str | None) -> Action:
-        done = self.service.finalize(task.task_id, outcome, observation, reason=reason)
+    def _settle(
+        self,
+        task: Task,
+        outcome: Outcome,
+        observation: TaskObservation | None,
+        reason: str | None,
+        *,
+        launched: bool | None = None,
+    ) -> Action:
+        """Finalize through the one finalize path. `launched=False`: the reconciler looked, and no ECS task exists
+        (so the task is metered 0 rather than left waiting for a STOPPED event that cannot come)."""
+        done = self.service.finalize(task.task_id, outcome, observation, reason=reason, launched=launched)
         if done.metering is None:
             return Action.WAITING  # finalize found an ECS task to leave it to
         logger.info(

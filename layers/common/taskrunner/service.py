@@ -110,6 +110,10 @@ def task_definition_family(prefix: str, spec: TaskSpec) -> str:
 
 
 ECS_GROUP_PREFIX = "taskrunner:"
+#: how many of a family's ECS tasks a group search may describe: one ListTasks page and one DescribeTasks call on
+#: the request path; ten of each for the reconciler, which runs off the request path
+REQUEST_PATH_SCAN_TASKS = 100
+THOROUGH_SCAN_TASKS = 1000
 
 
 def ecs_group(task_id: str) -> str:
@@ -293,12 +297,20 @@ class TaskService:
             self._remember_arn(task, ecs_task_arn)
         return ecs_task_arn
 
-    def find_ecs_task(self, task: Task) -> str | None:
-        """The ECS task started for `task`: the one on its record, else the one its startedBy or group finds."""
+    def find_ecs_task(self, task: Task, *, thorough: bool = False) -> str | None:
+        """The ECS task started for `task`: the one on its record, else the one its startedBy or group finds.
+
+        The group is only found by describing the family's tasks, so the search is bounded: on the request path
+        (cancel, timeout, finalize) to one page of the family's running tasks, for the reconciler (`thorough`)
+        to ten pages of running and stopped ones. A task it misses is still finished by its ECS events, which
+        carry the group."""
         if task.ecs_task_arn:
             return task.ecs_task_arn
         return self.compute.find_task(
-            task.task_id, ecs_group(task.task_id), task_definition_family(self.settings.task_family_prefix, task.spec)
+            task.task_id,
+            ecs_group(task.task_id),
+            task_definition_family(self.settings.task_family_prefix, task.spec),
+            max_scanned=THOROUGH_SCAN_TASKS if thorough else REQUEST_PATH_SCAN_TASKS,
         )
 
     def _move_to(self, task: Task, status: TaskStatus, reason: str, *, raise_if_terminal: bool) -> Task:
@@ -370,34 +382,54 @@ class TaskService:
         observation: TaskObservation | None,
         *,
         reason: str | None = None,
+        launched: bool | None = None,
     ) -> Task:
         """Give the task its final status and its one metering record. Safe to call any number of
         times, from the state machine and the event path alike: the first complete call wins.
 
         A task whose ECS task is still running is only given its final status here; it is metered when
-        its ECS task reports STOPPED."""
+        its ECS task reports STOPPED. So is a task that may have an ECS task nobody has observed (RunTask was
+        called, but the workflow ended without the task's description): metering it 0 now would block the
+        real record, so its ECS task's STOPPED event meters it, or the reconciler does after asking ECS.
+        `launched=False` is the caller's word (the reconciler's, after looking) that no ECS task exists."""
         for _ in range(_MAX_RACE_RETRIES):
             task = self._reload(task_id)
             if task.metering is not None:
                 return task
-            if outcome is Outcome.ERROR and observation is None and not task.status.terminal:
-                ecs_task_arn = self.find_ecs_task(task)
-                if ecs_task_arn:
-                    # The workflow lost track of a task that ECS is running or ran: its ECS events finish it.
-                    return self._remember_arn(task, ecs_task_arn)
+            unobserved = (observation is None or observation.ecs_task_arn is None) and launched is not False
+            awaiting_stop = unobserved and self.may_have_launched(task)
+            ecs_task_arn = (
+                self.find_ecs_task(task) if awaiting_stop or (unobserved and outcome is Outcome.ERROR) else None
+            )
+            awaiting_stop = awaiting_stop or ecs_task_arn is not None
+            if ecs_task_arn and outcome is Outcome.ERROR and not task.status.terminal:
+                # The workflow lost track of a task that ECS is running or ran: its ECS events finish it.
+                return self._remember_arn(task, ecs_task_arn)
             status = self._final_status(task, outcome, observation)
             changes = self._final_fields(task, status, observation, reason)
             ecs_running = observation is not None and observation.ecs_task_arn and not observation.stopped
             try:
-                if ecs_running:
+                if ecs_running or awaiting_stop:
+                    if ecs_task_arn:
+                        changes["ecs_task_arn"] = ecs_task_arn
                     if task.status.terminal:
-                        return task
+                        return self._remember_arn(task, ecs_task_arn) if ecs_task_arn else task
                     return self.store.transition(task, status, changes)
                 metering_key = (observation.ecs_task_arn if observation else None) or f"task/{task_id}"
                 return self.store.finalize(task, status, changes, metering_key, self.meter(task, observation))
             except StaleStatus:
                 continue
         raise StaleStatus(f"task {task_id} kept changing while being finalized")
+
+    @staticmethod
+    def may_have_launched(task: Task) -> bool:
+        """Whether an ECS task may exist for `task`: the workflow reached RunTask (it marks the task
+        PROVISIONING first), or an ECS task was seen."""
+        return (
+            task.provisioning_at is not None
+            or task.ecs_task_arn is not None
+            or task.status in (TaskStatus.PROVISIONING, TaskStatus.RUNNING)
+        )
 
     @staticmethod
     def _final_status(task: Task, outcome: Outcome, observation: TaskObservation | None) -> TaskStatus:
