@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class TaskRunnerError(Exception):
     """Base of every error the domain raises on purpose."""
@@ -69,3 +71,37 @@ class ScheduleAlreadyExists(TaskRunnerError):
 
     def __init__(self, name: str) -> None:
         super().__init__(f"schedule {name!r} already exists")
+
+
+class UnknownPriceRegion(TaskRunnerError):
+    """The price table has no Fargate rates for the region the function runs in. Raised when a function builds its
+    TaskService (its cold start), so a deployment in a region without prices fails before it meters anything."""
+
+    code = "UNKNOWN_PRICE_REGION"
+
+    def __init__(self, region: str, known: Iterable[str]) -> None:
+        self.region = region
+        self.known = tuple(sorted(known))
+        super().__init__(
+            f"no Fargate prices for region {region!r}; the price table knows {', '.join(self.known) or 'none'}. "
+            "Add the region's rates (Linux/x86 and Linux/ARM per vCPU-hour and per GB-hour, ephemeral storage per "
+            "GB-hour, with their source and date) with the PriceTableJson template parameter (environment variable "
+            'PRICE_TABLE_JSON): {"regions": {"' + region + '": {"x86_64": {"vcpu_hour": "...", "gib_hour": "..."}, '
+            '"arm64": {...}, "ephemeral_storage_gib_hour": "...", "source": "...", "as_of": "YYYY-MM-DD"}}}'
+        )
+
+
+class InvalidPriceTable(TaskRunnerError):
+    """PRICE_TABLE_JSON or FARGATE_SPOT_DISCOUNT_PERCENT is malformed; the message names the variable and the fault."""
+
+    code = "INVALID_PRICE_TABLE"
+
+    def __init__(self, variable: str, problem: str) -> None:
+        self.variable = variable
+        self.problem = problem
+        parameter = {
+            "PRICE_TABLE_JSON": "PriceTableJson",
+            "FARGATE_SPOT_DISCOUNT_PERCENT": "FargateSpotDiscountPercent",
+        }
+        where = f"{variable} (template parameter {parameter[variable]})" if variable in parameter else variable
+        super().__init__(f"{where} is invalid: {problem}")
