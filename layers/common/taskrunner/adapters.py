@@ -6,9 +6,14 @@ import base64
 import binascii
 import json
 import re
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from functools import cache
+from typing import Any, TypeVar
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
@@ -30,9 +35,26 @@ from taskrunner.service import execution_arn_for, usage_day
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
-TASKS_INDEX = "gsi1"  # tenant's tasks (newest first), tenant's usage by day, tenant's schedules by name
-STATUS_INDEX = "gsi2"  # tenant's tasks in one status (newest first)
-SCHEDULE_RUNS_INDEX = "gsi3"  # one schedule's runs (newest first)
+#: Keys only: a tenant's tasks, newest first (sharded), and its schedules, by name.
+LISTING_INDEX = "gsi1"
+#: Keys and `metering`: a tenant's tasks in one status (sharded; the reconciler's "unmetered only" filter runs on the
+#: index), and its metering records by day (sharded; the usage query sums their `metering`). A task's entry moves
+#: here at every status change anyway, so the metering it gains when it is finalized costs no extra index write.
+STATUS_AND_USAGE_INDEX = "gsi2"
+#: Keys only: one schedule's runs, newest first. Not sharded: a run writes its entry once, when it is created, and a
+#: schedule starts runs once a minute at most (plus manual runs), far below a partition's 1,000 writes a second.
+SCHEDULE_RUNS_INDEX = "gsi3"
+#: How many partitions a tenant's tasks (gsi1), tasks in one status (gsi2) and metering records (gsi2) are spread
+#: over, by a hash of the task id. DynamoDB gives one partition of a table or an index at most 1,000 write units a
+#: second, and a throttled index throttles the table writes that update it; every task of a tenant used to write the
+#: same few index partitions. With SHARDS = 8 a tenant has 8,000 WCU/s on each: its busiest, a status every task
+#: enters and leaves (two one-unit index writes a task), takes 4,000 tasks/s, 200 times Fargate's default launch
+#: rate (20 tasks/s). The price: every listing queries all SHARDS partitions (at once, in threads). Changing SHARDS
+#: moves entries to other partitions, so every item's index keys would have to be rewritten: it is fixed.
+SHARDS = 8
+BATCH_GET_KEYS = 100  # BatchGetItem's limit on keys a call
+#: BatchGetItem calls for keys DynamoDB leaves unprocessed (throttling), 50 ms apart and doubling: 0.75 s of waiting
+BATCH_GET_ATTEMPTS = 5
 #: CloudWatch Logs' forward and backward tokens of GetLogEvents: a direction and a 56-digit position.
 LOG_TOKEN = re.compile(r"[fb]/[0-9]{56}")
 MAX_KEY_CHARS = 1024  # DynamoDB's limit for a sort key; every key this table writes is far shorter
@@ -70,6 +92,22 @@ def task_key(task_id: str) -> dict[str, Any]:
     return {"pk": {"S": f"TASK#{task_id}"}, "sk": {"S": "TASK"}}
 
 
+def shard_of(task_id: str) -> int:
+    """The shard of a task's index entries and of its metering record's: a hash of the task id, the same in every
+    process and every release (Python's own hash() of a string changes from process to process)."""
+    return zlib.crc32(task_id.encode()) % SHARDS
+
+
+def sharded(partition: str, task_id: str) -> str:
+    """The shard of `partition` that holds task `task_id`'s entry."""
+    return f"{partition}#{shard_of(task_id)}"
+
+
+def shards(partition: str) -> list[str]:
+    """Every shard of `partition`: what a listing of it queries."""
+    return [f"{partition}#{shard}" for shard in range(SHARDS)]
+
+
 def tasks_partition(tenant: str) -> str:
     return f"TENANT#{tenant}#TASKS"
 
@@ -94,37 +132,137 @@ def schedule_key(tenant: str, name: str) -> dict[str, Any]:
     return {"pk": {"S": f"SCHEDULE#{tenant}#{name}"}, "sk": {"S": "SCHEDULE"}}
 
 
-def _encode_token(key: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
+def _listing(index: str, partition: str, order: str, **criteria: object) -> str:
+    """What names a listing in its tokens: the index, the partition (before sharding), the order and the criteria."""
+    return " ".join([index, partition, order, *(f"{name}={value}" for name, value in criteria.items())])
 
 
-def _is_key_string(value: Any) -> bool:
-    return (
-        isinstance(value, dict)
-        and set(value) == {"S"}
-        and isinstance(value["S"], str)
-        and 0 < len(value["S"]) <= MAX_KEY_CHARS
-    )
+def _encode_token(listing: str, position: str) -> str:
+    token = json.dumps({"listing": listing, "after": position}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
 
 
-def _decode_token(token: str, expected_partition: tuple[str, str]) -> dict[str, Any]:
-    """The ExclusiveStartKey in a token this listing issued: the table's key and the index's key, every
-    attribute a string, the index partition the one being listed. Anything else is the client's error."""
-    attr, value = expected_partition
-    expected_attributes = {"pk", "sk", attr, attr.removesuffix("pk") + "sk"}
+def _decode_token(token: str, listing: str) -> str:
+    """The position in a token that `listing` issued: the index sort key of the last entry it reached (the next page
+    starts after it, in every shard). A token of another listing, or anything else, is the client's error."""
     try:
         padded = token + "=" * (-len(token) % 4)
-        key = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if (
-            not isinstance(key, dict)
-            or set(key) != expected_attributes
-            or not all(_is_key_string(v) for v in key.values())
-            or key[attr]["S"] != value
+        decoded = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not (
+            isinstance(decoded, dict)
+            and set(decoded) == {"listing", "after"}
+            and decoded["listing"] == listing
+            and isinstance(decoded["after"], str)
+            and 0 < len(decoded["after"]) <= MAX_KEY_CHARS
         ):
-            raise ValueError("not a key of this listing")
-    except (ValueError, RecursionError, binascii.Error, UnicodeDecodeError) as exc:
+            raise ValueError("not a token of this listing")
+    except (ValueError, RecursionError, binascii.Error) as exc:  # UnicodeDecodeError is a ValueError
         raise InvalidParameter("next_token", "is not a token this listing issued") from exc
-    return key
+    return str(decoded["after"])
+
+
+_Result = TypeVar("_Result")
+
+
+@cache
+def _shard_threads() -> ThreadPoolExecutor:
+    """Threads that query a listing's shards at once: one round trip a page rather than SHARDS."""
+    return ThreadPoolExecutor(max_workers=SHARDS, thread_name_prefix="taskrunner-shards")
+
+
+def _each(partitions: Sequence[str], query: Callable[[str], _Result]) -> list[_Result]:
+    if len(partitions) == 1:
+        return [query(partitions[0])]
+    return list(_shard_threads().map(query, partitions))
+
+
+def _index_page(
+    ddb: Any,
+    table: str,
+    index: str,
+    partitions: Sequence[str],
+    *,
+    limit: int,
+    newest_first: bool,
+    after: str | None,
+    since: str | None = None,
+    filter_expression: str | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of a listing of `index` over `partitions` (a partition's shards), in sort key order: at most `limit`
+    entries (each item's index projection) and the position the next page starts after (None: nothing is left).
+
+    Every partition is queried once, for `limit` entries past `after` (and, oldest first, from `since` on). A partition
+    that has more stopped at some position, and another may hold entries before it that it has not read yet: the
+    entries past the nearest such stop are left to the next page, so that every entry comes exactly once. A filter
+    may leave a page short, even empty, while a position follows."""
+    pk, sk = f"{index}pk", f"{index}sk"
+
+    assert since is None or not newest_first, "`since` bounds oldest-first listings only"
+
+    def query(partition: str) -> tuple[list[dict[str, Any]], str | None]:
+        condition, values = "#pk = :pk", {":pk": {"S": partition}}
+        if after is not None and (since is None or after >= since):
+            condition += f" AND #sk {'<' if newest_first else '>'} :start"
+            values[":start"] = {"S": after}
+        elif since is not None:  # the first page (or a position from before `since`)
+            condition += " AND #sk >= :start"
+            values[":start"] = {"S": since}
+        request: dict[str, Any] = {
+            "TableName": table,
+            "IndexName": index,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeNames": {"#pk": pk, **({"#sk": sk} if ":start" in values else {})},
+            "ExpressionAttributeValues": values,
+            "ScanIndexForward": not newest_first,
+            "Limit": limit,
+        }
+        if filter_expression:
+            request["FilterExpression"] = filter_expression
+        response = ddb.query(**request)
+        stop = response.get("LastEvaluatedKey")
+        return response.get("Items", []), (stop[sk]["S"] if stop else None)
+
+    results = _each(partitions, query)
+    stops = [stop for _, stop in results if stop is not None]
+    reached = (max(stops) if newest_first else min(stops)) if stops else None  # every partition is read up to here
+    entries = [
+        entry
+        for found, _ in results
+        for entry in found
+        if reached is None or (entry[sk]["S"] >= reached if newest_first else entry[sk]["S"] <= reached)
+    ]
+    entries.sort(key=lambda entry: str(entry[sk]["S"]), reverse=newest_first)
+    if len(entries) > limit:
+        entries = entries[:limit]
+        return entries, str(entries[-1][sk]["S"])
+    return entries, reached
+
+
+def _item_key(entry: dict[str, Any]) -> tuple[str, str]:
+    return str(entry["pk"]["S"]), str(entry["sk"]["S"])
+
+
+def _batch_get(ddb: Any, table: str, entries: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The items of index `entries` that exist, by (pk, sk), read with BatchGetItem, 100 keys a call, asking again
+    for the keys DynamoDB leaves unprocessed. The reads are consistent: an index entry is written after its item,
+    and an eventually consistent read could miss the item an entry names, or see it as it was."""
+    keys = list({_item_key(entry): {"pk": entry["pk"], "sk": entry["sk"]} for entry in entries}.values())
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for start in range(0, len(keys), BATCH_GET_KEYS):
+        pending: dict[str, Any] = {table: {"Keys": keys[start : start + BATCH_GET_KEYS], "ConsistentRead": True}}
+        for attempt in range(BATCH_GET_ATTEMPTS):
+            if attempt:
+                time.sleep(0.05 * 2 ** (attempt - 1))
+            response = ddb.batch_get_item(RequestItems=pending)
+            for item in response.get("Responses", {}).get(table, []):
+                found[_item_key(item)] = item
+            pending = response.get("UnprocessedKeys") or {}
+            if not pending:
+                break
+        else:
+            left = len(pending[table]["Keys"])
+            raise RuntimeError(f"DynamoDB left {left} keys unprocessed after {BATCH_GET_ATTEMPTS} BatchGetItem calls")
+    return found
 
 
 class DynamoTaskStore:
@@ -139,9 +277,9 @@ class DynamoTaskStore:
         data.update(
             pk=f"TASK#{task.task_id}",
             sk="TASK",
-            gsi1pk=tasks_partition(task.tenant),
+            gsi1pk=sharded(tasks_partition(task.tenant), task.task_id),
             gsi1sk=task.task_id,
-            gsi2pk=status_partition(task.tenant, task.status),
+            gsi2pk=self.status_key(task, task.status),
             gsi2sk=task.task_id,
         )
         if task.schedule:
@@ -151,6 +289,20 @@ class DynamoTaskStore:
     @staticmethod
     def _task(item: dict[str, Any]) -> Task:
         return Task.model_validate(_deserialize(item))
+
+    def _listed(
+        self, entries: list[dict[str, Any]], status: TaskStatus | None, *, unmetered_only: bool = False
+    ) -> list[Task]:
+        """The tasks of listed index entries, in their order, read from the table. The index is eventually
+        consistent: a task whose status moved on from `status` since (or that gained its metering, when only
+        unmetered ones are listed) is left out; its new status lists it."""
+        found = _batch_get(self.ddb, self.table, entries)
+        tasks = [self._task(found[key]) for key in map(_item_key, entries) if key in found]
+        return [
+            task
+            for task in tasks
+            if (status is None or task.status is status) and not (unmetered_only and task.metering is not None)
+        ]
 
     def _set_clause(self, changes: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any]]:
         names: dict[str, str] = {}
@@ -166,7 +318,7 @@ class DynamoTaskStore:
 
     def _status_update(self, task: Task, new_status: TaskStatus, changes: dict[str, Any]) -> dict[str, Any]:
         clause, names, values = self._set_clause(
-            {**changes, "status": new_status.value, "gsi2pk": status_partition(task.tenant, new_status)}
+            {**changes, "status": new_status.value, "gsi2pk": self.status_key(task, new_status)}
         )
         names["#status"] = "status"
         values[":expected"] = {"S": task.status.value}
@@ -200,30 +352,20 @@ class DynamoTaskStore:
     def list_tasks(
         self, tenant: str, status: TaskStatus | None, limit: int, next_token: str | None, schedule: str | None = None
     ) -> tuple[list[Task], str | None]:
-        if schedule is not None:
-            index, attr, partition = SCHEDULE_RUNS_INDEX, "gsi3pk", schedule_runs_partition(tenant, schedule)
+        if schedule is not None:  # a schedule's runs; in one status: its runs, filtered once read from the table
+            index, partitions = SCHEDULE_RUNS_INDEX, [schedule_runs_partition(tenant, schedule)]
+            listing = _listing(index, partitions[0], "newest first", status=status)
         elif status is None:
-            index, attr, partition = TASKS_INDEX, "gsi1pk", tasks_partition(tenant)
+            index, partitions = LISTING_INDEX, shards(tasks_partition(tenant))
+            listing = _listing(index, tasks_partition(tenant), "newest first")
         else:
-            index, attr, partition = STATUS_INDEX, "gsi2pk", status_partition(tenant, status)
-        request: dict[str, Any] = {
-            "TableName": self.table,
-            "IndexName": index,
-            "KeyConditionExpression": "#pk = :pk",
-            "ExpressionAttributeNames": {"#pk": attr},
-            "ExpressionAttributeValues": {":pk": {"S": partition}},
-            "ScanIndexForward": False,
-            "Limit": limit,
-        }
-        if schedule is not None and status is not None:  # a schedule's runs in one status: filter its partition
-            request["FilterExpression"] = "#status = :status"
-            request["ExpressionAttributeNames"]["#status"] = "status"
-            request["ExpressionAttributeValues"][":status"] = {"S": status.value}
-        if next_token:
-            request["ExclusiveStartKey"] = _decode_token(next_token, (attr, partition))
-        response = self.ddb.query(**request)
-        last = response.get("LastEvaluatedKey")
-        return [self._task(i) for i in response.get("Items", [])], _encode_token(last) if last else None
+            index, partitions = STATUS_AND_USAGE_INDEX, shards(status_partition(tenant, status))
+            listing = _listing(index, status_partition(tenant, status), "newest first")
+        after = _decode_token(next_token, listing) if next_token else None
+        entries, position = _index_page(
+            self.ddb, self.table, index, partitions, limit=limit, newest_first=True, after=after
+        )
+        return self._listed(entries, status), _encode_token(listing, position) if position else None
 
     def list_in_status(
         self,
@@ -236,24 +378,23 @@ class DynamoTaskStore:
         unmetered_only: bool = False,
     ) -> tuple[list[Task], str | None]:
         partition = status_partition(tenant, status)
-        request: dict[str, Any] = {
-            "TableName": self.table,
-            "IndexName": STATUS_INDEX,
-            "KeyConditionExpression": "gsi2pk = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": partition}},
-            "ScanIndexForward": True,  # oldest first: the tasks most likely to be stuck
-            "Limit": limit,
-        }
-        if created_since:
-            request["KeyConditionExpression"] += " AND gsi2sk >= :since"
-            request["ExpressionAttributeValues"][":since"] = {"S": created_since}
-        if unmetered_only:
-            request["FilterExpression"] = "attribute_not_exists(metering)"
-        if next_token:
-            request["ExclusiveStartKey"] = _decode_token(next_token, ("gsi2pk", partition))
-        response = self.ddb.query(**request)
-        last = response.get("LastEvaluatedKey")
-        return [self._task(i) for i in response.get("Items", [])], _encode_token(last) if last else None
+        listing = _listing(
+            STATUS_AND_USAGE_INDEX, partition, "oldest first", since=created_since, unmetered_only=unmetered_only
+        )
+        after = _decode_token(next_token, listing) if next_token else None
+        entries, position = _index_page(
+            self.ddb,
+            self.table,
+            STATUS_AND_USAGE_INDEX,
+            shards(partition),
+            limit=limit,
+            newest_first=False,  # oldest first: the tasks most likely to be stuck
+            after=after,
+            since=created_since,
+            filter_expression="attribute_not_exists(metering)" if unmetered_only else None,
+        )
+        tasks = self._listed(entries, status, unmetered_only=unmetered_only)
+        return tasks, _encode_token(listing, position) if position else None
 
     def transition(self, task: Task, new_status: TaskStatus, changes: dict[str, Any]) -> Task:
         try:
@@ -294,8 +435,8 @@ class DynamoTaskStore:
         record = {
             "pk": f"METER#{metering_key}",
             "sk": "METER",
-            "gsi1pk": usage_partition(task.tenant),
-            "gsi1sk": f"{usage_day(metering, now).isoformat()}#{task.task_id}",
+            "gsi2pk": sharded(usage_partition(task.tenant), task.task_id),
+            "gsi2sk": f"{usage_day(metering, now).isoformat()}#{task.task_id}",
             "task_id": task.task_id,
             "tenant": task.tenant,
             "metering": metering_json,
@@ -322,25 +463,33 @@ class DynamoTaskStore:
         return task.model_copy(update={**changes, "status": new_status, "metering": metering})
 
     def usage(self, tenant: str, start: date, end: date) -> list[tuple[date, Metering]]:
-        request: dict[str, Any] = {
-            "TableName": self.table,
-            "IndexName": TASKS_INDEX,
-            "KeyConditionExpression": "gsi1pk = :pk AND gsi1sk BETWEEN :start AND :end",
-            "ExpressionAttributeValues": {
-                ":pk": {"S": usage_partition(tenant)},
-                ":start": {"S": start.isoformat()},
-                ":end": {"S": end.isoformat() + "#~"},
-            },
-        }
-        rows: list[tuple[date, Metering]] = []
-        while True:
-            response = self.ddb.query(**request)
-            for raw in response.get("Items", []):
-                item = _deserialize(raw)
-                rows.append((date.fromisoformat(item["gsi1sk"][:10]), Metering.model_validate(item["metering"])))
-            if "LastEvaluatedKey" not in response:
-                return rows
-            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        def rows_of(partition: str) -> list[tuple[date, Metering]]:
+            request: dict[str, Any] = {
+                "TableName": self.table,
+                "IndexName": STATUS_AND_USAGE_INDEX,
+                "KeyConditionExpression": "gsi2pk = :pk AND gsi2sk BETWEEN :start AND :end",
+                "ExpressionAttributeValues": {
+                    ":pk": {"S": partition},
+                    ":start": {"S": start.isoformat()},
+                    ":end": {"S": end.isoformat() + "#~"},
+                },
+            }
+            rows: list[tuple[date, Metering]] = []
+            while True:
+                response = self.ddb.query(**request)
+                for raw in response.get("Items", []):
+                    item = _deserialize(raw)
+                    rows.append((date.fromisoformat(item["gsi2sk"][:10]), Metering.model_validate(item["metering"])))
+                if "LastEvaluatedKey" not in response:
+                    return rows
+                request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+        return [row for rows in _each(shards(usage_partition(tenant)), rows_of) for row in rows]
+
+    def status_key(self, task: Task, status: TaskStatus | str) -> str:
+        """The status index partition (gsi2pk) of `task` in `status`: its status's shard for the task. The state
+        machine's MarkProvisioning writes it too, so the execution input carries it."""
+        return sharded(status_partition(task.tenant, status), task.task_id)
 
 
 class StepFunctionsOrchestrator:
@@ -507,19 +656,14 @@ class DynamoScheduleStore:
 
     def list_schedules(self, tenant: str, limit: int, next_token: str | None) -> tuple[list[Schedule], str | None]:
         partition = schedules_partition(tenant)
-        request: dict[str, Any] = {
-            "TableName": self.table,
-            "IndexName": TASKS_INDEX,
-            "KeyConditionExpression": "gsi1pk = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": partition}},
-            "Limit": limit,
-        }
-        if next_token:
-            request["ExclusiveStartKey"] = _decode_token(next_token, ("gsi1pk", partition))
-        response = self.ddb.query(**request)
-        last = response.get("LastEvaluatedKey")
-        items = [Schedule.model_validate(_deserialize(i)) for i in response.get("Items", [])]
-        return items, _encode_token(last) if last else None
+        listing = _listing(LISTING_INDEX, partition, "by name")
+        after = _decode_token(next_token, listing) if next_token else None
+        entries, position = _index_page(
+            self.ddb, self.table, LISTING_INDEX, [partition], limit=limit, newest_first=False, after=after
+        )
+        found = _batch_get(self.ddb, self.table, entries)
+        items = [Schedule.model_validate(_deserialize(found[key])) for key in map(_item_key, entries) if key in found]
+        return items, _encode_token(listing, position) if position else None
 
     def replace(self, schedule: Schedule) -> None:
         try:
