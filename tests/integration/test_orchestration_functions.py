@@ -104,9 +104,9 @@ def test_stop_task_marks_timed_out_stops_the_ecs_task_and_the_stopped_event_keep
 
 def test_stop_task_finds_an_ecs_task_by_its_group_when_step_functions_set_started_by(task_id, stack):
     from taskrunner.models import TaskSpec
-    from taskrunner.service import task_definition_family
+    from taskrunner.task_definitions import task_definition_family
 
-    family = task_definition_family("taskrunner", TaskSpec(image="python:3.12-slim"))
+    family = task_definition_family(stack.settings(), TaskSpec(image="python:3.12-slim"))
     run_ecs_task(stack, started_by="AWS Step Functions", family="other-family", group="taskrunner:someone-else")
     ecs_task_arn = run_ecs_task(stack, started_by="AWS Step Functions", family=family, group=f"taskrunner:{task_id}")
     assert invoke(stop_task, event("stop_task/timeout.json", task_id))["ecs_task_arn"] == ecs_task_arn
@@ -178,10 +178,10 @@ def test_a_task_that_never_reached_run_task_is_metered_zero_at_once(task_id, sta
 def test_looking_up_an_ecs_task_on_the_request_path_makes_a_bounded_number_of_calls(task_id, stack):
     # Given a popular image: 250 ECS tasks of the task's family, none of them the task's own
     from taskrunner.models import TaskSpec
-    from taskrunner.service import task_definition_family
+    from taskrunner.task_definitions import task_definition_family
     from taskrunner.wiring import task_service
 
-    family = task_definition_family("taskrunner", TaskSpec(image="python:3.12-slim"))
+    family = task_definition_family(stack.settings(), TaskSpec(image="python:3.12-slim"))
     for i in range(250):
         if i % 50 == 0:  # each moto container instance has room for about fifty of these
             add_container_instance(stack)
@@ -194,3 +194,15 @@ def test_looking_up_an_ecs_task_on_the_request_path_makes_a_bounded_number_of_ca
     # Then it asks ECS at most four times (startedBy twice, one page of the family, one DescribeTasks)
     assert len(calls) <= 4, calls
     assert get_task(task_id)["status"] == "CANCELLED"
+
+
+def test_a_stopped_task_description_without_its_optional_fields_is_finalized(task_id):
+    # Given what runTask.sync returns for a task that stopped before it pulled its image: ECS's Task shape leaves
+    # stopCode, pullStartedAt, startedAt, stoppedAt, capacityProviderName, ... optional, and they are missing
+    bare = {"TaskArn": ECS_TASK_ARN, "LastStatus": "STOPPED", "Containers": [{"Name": "main", "ExitCode": 0}]}
+    # When the state machine finalizes it
+    result = invoke(finalize, {"task_id": task_id, "outcome": "COMPLETED", "ecs_task": bare})
+    # Then the task gets its final status and its metering from what is there (nothing pulled: billed 0)
+    assert result == {"task_id": task_id, "status": "SUCCEEDED", "metered": True}
+    task = get_task(task_id)
+    assert task["ecs_task_arn"] == ECS_TASK_ARN and task["metering"]["billed_seconds"] == 0

@@ -57,6 +57,8 @@ FUNCTION_ENV = {
     "TASK_LOG_GROUP": "/taskrunner/tasks",
     "TASK_LOG_STREAM_PREFIX": "task",
     "TASK_FAMILY_PREFIX": "taskrunner",
+    "TASK_ROLE_ARN": "arn:aws:iam::123456789012:role/taskrunner-task",
+    "TASK_EXECUTION_ROLE_ARN": "arn:aws:iam::123456789012:role/taskrunner-task-execution",
     "STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:run-task",
     # Settings have no defaults for resources: the variables only ApiFunction gets, so that it could start.
     "SCHEDULE_GROUP_NAME": "taskrunner",

@@ -6,6 +6,7 @@ import copy
 from datetime import UTC, date, datetime
 from typing import Any
 
+from taskrunner.adapters import status_partition
 from taskrunner.errors import (
     InvalidParameter,
     ScheduleAlreadyExists,
@@ -105,6 +106,21 @@ class InMemoryTaskStore:
 
     def usage(self, tenant: str, start: date, end: date):
         return [(d, m) for t, d, m in self.metering.values() if t == tenant and start <= d <= end]
+
+    def status_key(self, task: Task, status: TaskStatus) -> str:
+        return status_partition(task.tenant, status)
+
+
+class InMemoryTaskDefinitionCache:
+    """Task definition ARNs by family, as the workflow records them once it has registered one."""
+
+    def __init__(self, registered: dict[str, str] | None = None) -> None:
+        self.registered = dict(registered or {})
+        self.lookups: list[str] = []
+
+    def lookup(self, family: str) -> str | None:
+        self.lookups.append(family)
+        return self.registered.get(family)
 
 
 class RecordingOrchestrator:

@@ -54,6 +54,9 @@ class Stack:
     state_machine_arn: str = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:run-task"
     schedule_group: str = "taskrunner"
     schedules_dlq_arn: str = f"arn:aws:sqs:{REGION}:{ACCOUNT}:schedules-dlq"
+    # The roles every task definition names (the functions name task definition families after them).
+    task_role_arn: str = f"arn:aws:iam::{ACCOUNT}:role/task"
+    task_execution_role_arn: str = f"arn:aws:iam::{ACCOUNT}:role/task-execution"
 
     @property
     def cluster_arn(self) -> str:
@@ -68,6 +71,8 @@ class Stack:
             "TASK_LOG_GROUP": self.log_group,
             "TASK_LOG_STREAM_PREFIX": "task",
             "TASK_FAMILY_PREFIX": "taskrunner",
+            "TASK_ROLE_ARN": self.task_role_arn,
+            "TASK_EXECUTION_ROLE_ARN": self.task_execution_role_arn,
             "SCHEDULE_GROUP_NAME": self.schedule_group,
             "SCHEDULER_ROLE_ARN": f"arn:aws:iam::{ACCOUNT}:role/scheduler",
             "SCHEDULED_SUBMIT_FUNCTION_ARN": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:scheduled-submit",
@@ -88,8 +93,8 @@ class Stack:
             "TasksTableName": self.tasks_table,
             "FinalizeFunctionArn": f"{fn}:finalize",
             "StopTaskFunctionArn": f"{fn}:stop-task",
-            "TaskExecutionRoleArn": f"arn:aws:iam::{ACCOUNT}:role/task-execution",
-            "TaskRoleArn": f"arn:aws:iam::{ACCOUNT}:role/task",
+            "TaskExecutionRoleArn": self.task_execution_role_arn,
+            "TaskRoleArn": self.task_role_arn,
             "TaskLogGroup": self.log_group,
             "LogStreamPrefix": "task",
             "Region": REGION,

@@ -8,7 +8,8 @@ import pytest
 from taskrunner.errors import InvalidParameter, OrchestrationUnavailable, TaskAlreadyTerminal, TaskNotFound
 from taskrunner.models import LogEvent, TaskSpec, TaskStatus
 from taskrunner.observation import TaskObservation
-from taskrunner.service import Outcome, TaskService, new_task_id, task_definition_family
+from taskrunner.service import Outcome, TaskService, new_task_id
+from taskrunner.task_definitions import task_definition_family
 
 from tests.support.fakes import FakeCompute, FakeLogs, InMemoryTaskStore, RecordingOrchestrator
 from tests.support.stack import Stack
@@ -61,7 +62,7 @@ def test_submission_stores_the_task_and_starts_an_execution_named_by_its_id(worl
     assert task.status is TaskStatus.SUBMITTED
     assert store.get(task.task_id) == task
     execution_input = orchestrator.started[task.task_id]
-    assert execution_input["task_definition"]["family"] == task_definition_family("taskrunner", task.spec)
+    assert execution_input["task_definition"]["family"] == task_definition_family(Stack().settings(), task.spec)
     assert {"Key": "taskrunner:task-id", "Value": task.task_id} in execution_input["tags"]
     assert {"Key": "team", "Value": "a"} in execution_input["tags"]
     assert task.execution_arn.endswith(f":execution:run-task:{task.task_id}")
@@ -82,16 +83,18 @@ def test_task_ids_sort_by_creation_time():
     assert ids == sorted(ids) and all(len(i) == 26 for i in ids)
 
 
-def test_task_definition_family_depends_on_image_architecture_and_storage_only():
+def test_task_definition_family_depends_on_image_architecture_and_storage_not_on_overrides():
+    # (and on the roles, log group and region the revisions embed: tests/unit/test_task_definitions.py)
+    settings = Stack().settings()
     base = TaskSpec(image="busybox")
     same = TaskSpec(image="busybox", cpu=1024, memory=2048, command=["x"])
-    assert task_definition_family("p", base) == task_definition_family("p", same)
+    assert task_definition_family(settings, base) == task_definition_family(settings, same)
     for other in (
         TaskSpec(image="alpine"),
         TaskSpec(image="busybox", architecture="ARM64"),
         TaskSpec(image="busybox", ephemeral_storage_gib=21),
     ):
-        assert task_definition_family("p", other) != task_definition_family("p", base)
+        assert task_definition_family(settings, other) != task_definition_family(settings, base)
 
 
 def test_events_move_the_task_to_running_and_stopped_finalizes_it(world):

@@ -34,8 +34,9 @@ def test_require_names_every_missing_variable_at_once() -> None:
     env = {"AWS_REGION": "eu-west-1", "TASKS_TABLE_NAME": "tasks", "ECS_CLUSTER": ""}  # empty is missing
     with pytest.raises(MissingSettings) as raised:
         Settings.from_environment(env).require([*TASKS, *SUBMISSION])
-    assert raised.value.variables == ("ECS_CLUSTER", "TASK_FAMILY_PREFIX", "STATE_MACHINE_ARN")
-    assert "ECS_CLUSTER, TASK_FAMILY_PREFIX, STATE_MACHINE_ARN" in str(raised.value)
+    missing = ("ECS_CLUSTER", "TASK_FAMILY_PREFIX", "TASK_ROLE_ARN", "TASK_EXECUTION_ROLE_ARN", "TASK_LOG_GROUP")
+    assert raised.value.variables == (*missing, "STATE_MACHINE_ARN")
+    assert ", ".join([*missing, "STATE_MACHINE_ARN"]) in str(raised.value)
 
 
 def test_require_rejects_names_that_are_not_resource_variables() -> None:

@@ -280,6 +280,10 @@ class Metering(BaseModel):
     window_end: datetime | None
     ecs_task_arn: str | None = None
     region: str | None = None
+    #: where the rates the cost was computed with come from, and the day they were read (the region's price table
+    #: entry; for Spot, AWS's published Spot rates or the deployment's Spot discount)
+    price_source: str | None = None
+    price_as_of: date | None = None
 
 
 class Task(BaseModel):

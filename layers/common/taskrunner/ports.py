@@ -52,6 +52,15 @@ class TaskStore(Protocol):
         only those whose id is `created_since` or later (ids sort by creation time), and with `unmetered_only`
         only those without a metering record. A page may hold fewer than `limit` tasks while a token follows."""
 
+    def status_key(self, task: Task, status: TaskStatus) -> str:
+        """The status index partition key (gsi2pk) of `task` once it is in `status`. The state machine writes it
+        for PROVISIONING (MarkProvisioning), from the execution input."""
+
+
+class TaskDefinitionCache(Protocol):
+    def lookup(self, family: str) -> str | None:
+        """The ARN of the task definition the workflow registered for `family` and recorded, if there is one."""
+
 
 class Orchestrator(Protocol):
     def start(self, name: str, execution_input: dict[str, Any]) -> str:

@@ -233,9 +233,7 @@ class Reconciler:
                 return Action.WAITING
             why += "; its workflow execution was stopped"
         outcome = Outcome.TIMED_OUT if timed_out else Outcome.ERROR
-        return self._settle(
-            task, outcome, None, f"{REASON_PREFIX}: {why}, and no ECS task was started", launched=False
-        )
+        return self._settle(task, outcome, None, f"{REASON_PREFIX}: {why}, and no ECS task was started", launched=False)
 
     def _awaiting_stop(self, task: Task) -> Action:
         """A terminal task without metering: its ECS task was being stopped, or may exist unobserved."""

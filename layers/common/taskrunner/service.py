@@ -6,7 +6,6 @@ the outside world only through the ports in `taskrunner.ports`.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import threading
 import time
@@ -39,8 +38,9 @@ from taskrunner.models import (
     run_task_overrides,
 )
 from taskrunner.observation import TaskObservation
-from taskrunner.ports import Compute, LogReader, Orchestrator, TaskStore
+from taskrunner.ports import Compute, LogReader, Orchestrator, TaskDefinitionCache, TaskStore
 from taskrunner.settings import Settings
+from taskrunner.task_definitions import launch_image, task_definition_family
 
 CANCEL_REASON = "Cancelled by user"
 MAX_USAGE_DAYS = 366
@@ -103,12 +103,6 @@ def task_id_at(moment: datetime, random: int) -> str:
 new_task_id = _MonotonicIds()
 
 
-def task_definition_family(prefix: str, spec: TaskSpec) -> str:
-    """One task definition family per (image, architecture, ephemeral storage), reused across tasks."""
-    digest = hashlib.sha256(spec.image.encode()).hexdigest()[:24]
-    return f"{prefix}-{spec.architecture.value.lower()}-{spec.ephemeral_storage_gib}g-{digest}"
-
-
 ECS_GROUP_PREFIX = "taskrunner:"
 #: how many of a family's ECS tasks a group search may describe: one ListTasks page and one DescribeTasks call on
 #: the request path; ten of each for the reconciler, which runs off the request path
@@ -135,10 +129,14 @@ class TaskService:
         compute: Compute,
         logs: LogReader,
         settings: Settings,
+        task_definitions: TaskDefinitionCache | None = None,
         clock: Callable[[], datetime] = utcnow,
         new_id: Callable[[], str] = new_task_id,
     ) -> None:
+        """`task_definitions`: where the workflow records the task definitions it registered; without it every
+        execution starts without one, and the workflow finds (or registers) it itself."""
         self.store = store
+        self.task_definitions = task_definitions
         self.orchestrator = orchestrator
         self.compute = compute
         self.logs = logs
@@ -201,12 +199,13 @@ class TaskService:
             scheduled = task.scheduled_time.astimezone(UTC).isoformat().replace("+00:00", "Z")
             tags.append({"Key": "taskrunner:scheduled-time", "Value": scheduled})
         tags += [{"Key": k, "Value": v} for k, v in (spec.tags or {}).items()]
-        return {
+        family = task_definition_family(self.settings, spec)
+        execution_input: dict[str, Any] = {
             "task_id": task.task_id,
             "tenant": task.tenant,
             "task_definition": {
-                "family": task_definition_family(self.settings.task_family_prefix, spec),
-                "image": spec.image,
+                "family": family,
+                "image": launch_image(self.settings, spec.image),
                 "cpu": str(spec.cpu),
                 "memory": str(spec.memory),
                 "cpu_architecture": spec.architecture.value,
@@ -217,7 +216,14 @@ class TaskService:
             "ecs_group": ecs_group(task.task_id),
             "timeout_seconds": spec.timeout_seconds,
             "tags": tags,
+            # MarkProvisioning writes the status index key the store would write (the store decides its layout)
+            "status_keys": {"PROVISIONING": self.store.status_key(task, TaskStatus.PROVISIONING)},
         }
+        # A recorded task definition takes the workflow straight to RunTask (no ECS call, no registration).
+        task_definition_arn = self.task_definitions.lookup(family) if self.task_definitions else None
+        if task_definition_arn:
+            execution_input["prepared"] = {"task_definition_arn": task_definition_arn}
+        return execution_input
 
     # ------------------------------------------------------------------ reads
 
@@ -309,7 +315,7 @@ class TaskService:
         return self.compute.find_task(
             task.task_id,
             ecs_group(task.task_id),
-            task_definition_family(self.settings.task_family_prefix, task.spec),
+            task_definition_family(self.settings, task.spec),
             max_scanned=THOROUGH_SCAN_TASKS if thorough else REQUEST_PATH_SCAN_TASKS,
         )
 
@@ -502,6 +508,8 @@ class TaskService:
             window_end=(stopped or pull_started) if billed else None,
             ecs_task_arn=observation.ecs_task_arn if observation else None,
             region=self.settings.region,
+            price_source=c.price_source,
+            price_as_of=c.price_as_of,
         )
 
 

@@ -10,13 +10,14 @@ AWS_REGION (or AWS_DEFAULT_REGION), the idempotency TTL and the log stream prefi
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from taskrunner import fargate
 
 #: The environment variables that name resources, each read through the property of the same meaning below.
 RESOURCE_VARIABLES = (
@@ -26,6 +27,8 @@ RESOURCE_VARIABLES = (
     "ECS_CLUSTER",
     "TASK_LOG_GROUP",
     "TASK_FAMILY_PREFIX",
+    "TASK_ROLE_ARN",
+    "TASK_EXECUTION_ROLE_ARN",
     "SCHEDULE_GROUP_NAME",
     "SCHEDULER_ROLE_ARN",
     "SCHEDULED_SUBMIT_FUNCTION_ARN",
@@ -55,7 +58,13 @@ class Settings(BaseModel):
     #: AWS_LAMBDA_FUNCTION_NAME, to say which function an error is about
     function_name: str | None = None
     task_log_stream_prefix: str = "task"
+    #: the price table's changes, read when the service is built (taskrunner.fargate.configured_price_table)
     price_table_json: str | None = None
+    fargate_spot_discount_percent: str | None = None
+    #: the ECR pull-through cache (`<registry>/<prefix>`) and the upstreams it caches (`ecr-public`, `docker-hub`),
+    #: comma-separated; tasks of those upstreams' images pull through it (taskrunner.task_definitions.launch_image)
+    pull_through_cache_prefix: str | None = None
+    pull_through_cache_upstreams: str = ""
     idempotency_ttl_seconds: int = 86_400
     #: the reconciler (taskrunner.reconcile): grace past a task's timeout, and for a task to get an ECS task
     reconcile_grace_seconds: int = 300
@@ -79,6 +88,9 @@ class Settings(BaseModel):
             for field, variable in (
                 ("task_log_stream_prefix", "TASK_LOG_STREAM_PREFIX"),
                 ("price_table_json", "PRICE_TABLE_JSON"),
+                ("fargate_spot_discount_percent", "FARGATE_SPOT_DISCOUNT_PERCENT"),
+                ("pull_through_cache_prefix", "PULL_THROUGH_CACHE_PREFIX"),
+                ("pull_through_cache_upstreams", "PULL_THROUGH_CACHE_UPSTREAMS"),
                 ("idempotency_ttl_seconds", "IDEMPOTENCY_TTL_SECONDS"),
                 ("reconcile_grace_seconds", "RECONCILE_GRACE_SECONDS"),
                 ("reconcile_launch_grace_seconds", "RECONCILE_LAUNCH_GRACE_SECONDS"),
@@ -136,6 +148,16 @@ class Settings(BaseModel):
         return self.resource("TASK_FAMILY_PREFIX")
 
     @property
+    def task_role_arn(self) -> str:
+        """The role tasks run as: every task definition names it (taskrunner.task_definitions)."""
+        return self.resource("TASK_ROLE_ARN")
+
+    @property
+    def task_execution_role_arn(self) -> str:
+        """The role ECS pulls images and writes logs with: every task definition names it."""
+        return self.resource("TASK_EXECUTION_ROLE_ARN")
+
+    @property
     def schedule_group(self) -> str:
         return self.resource("SCHEDULE_GROUP_NAME")
 
@@ -151,8 +173,12 @@ class Settings(BaseModel):
     def schedules_dead_letter_queue_arn(self) -> str:
         return self.resource("SCHEDULES_DLQ_ARN")
 
-    def price_table(self) -> dict[str, dict[str, Any]] | None:
-        return json.loads(self.price_table_json) if self.price_table_json else None
+    def price_table(self) -> fargate.PriceTable | None:
+        """The shipped Fargate price table as PRICE_TABLE_JSON and FARGATE_SPOT_DISCOUNT_PERCENT change it; None when
+        they do not. A malformed value raises InvalidPriceTable, naming the variable and what is wrong."""
+        if not (self.price_table_json or self.fargate_spot_discount_percent):
+            return None
+        return fargate.configured_price_table(self.price_table_json, self.fargate_spot_discount_percent)
 
 
 @lru_cache(maxsize=1)

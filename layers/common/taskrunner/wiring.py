@@ -28,11 +28,20 @@ from taskrunner.reconcile import ReconcilePolicy, Reconciler
 from taskrunner.schedules import Schedule, Scheduler, ScheduleService
 from taskrunner.service import TaskService
 from taskrunner.settings import MissingSettings, Settings, get_settings
+from taskrunner.task_definitions import DynamoTaskDefinitionCache
 
 # ------------------------------------------------------------------ what each part of the service needs
 
-#: task records, ECS tasks and their task definitions: every function
-TASKS = ("TASKS_TABLE_NAME", "ECS_CLUSTER", "TASK_FAMILY_PREFIX")
+#: task records, ECS tasks and their task definitions: every function (task definition families are named after
+#: the roles and the log group their revisions embed, see taskrunner.task_definitions)
+TASKS = (
+    "TASKS_TABLE_NAME",
+    "ECS_CLUSTER",
+    "TASK_FAMILY_PREFIX",
+    "TASK_ROLE_ARN",
+    "TASK_EXECUTION_ROLE_ARN",
+    "TASK_LOG_GROUP",
+)
 #: starting (and stopping) workflow executions: the submitting functions, ApiFunction and ScheduledSubmitFunction.
 #: In template.yaml the state machine references the other functions, so they cannot be given its ARN.
 SUBMISSION = ("STATE_MACHINE_ARN",)
@@ -126,6 +135,7 @@ def task_service() -> TaskService:
         compute=EcsCompute(settings.cluster, client("ecs")),
         logs=_log_reader(settings),
         settings=settings,
+        task_definitions=DynamoTaskDefinitionCache(settings.tasks_table, client("dynamodb")),
     )
 
 
