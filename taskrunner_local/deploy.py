@@ -4,8 +4,9 @@ What moto's CloudFormation cannot create is handled here, each for a stated reas
 - function and layer code is zipped into an artifacts bucket, as `sam package` would;
 - `DefinitionSubstitutions` are resolved after the stack exists (moto leaves the placeholders);
 - resource types moto skips (and that other resources would then reference) are created through their own
-  APIs after the stack: the Firehose delivery stream, the log subscription filter, the cluster's capacity
-  providers. The HTTP API and schedules are served by the local stack itself.
+  APIs after the stack: the Firehose delivery stream and its error log stream, the log subscription filter, the
+  cluster's capacity providers, the functions' asynchronous invocation configs (retries, on-failure destinations).
+  The HTTP API and schedules are served by the local stack itself; alarms are not evaluated locally.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import re
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,21 +28,52 @@ from taskrunner_local.sam import SamApp
 DEFERRED_TYPES = (  # in the order they are created
     # moto's CloudFormation keeps state machines where the Step Functions interpreter cannot see them
     "AWS::StepFunctions::StateMachine",
+    "AWS::Logs::LogStream",  # the delivery stream's error log
     "AWS::KinesisFirehose::DeliveryStream",
-    "AWS::Logs::SubscriptionFilter",
+    "AWS::Logs::SubscriptionFilter",  # needs its delivery stream
     "AWS::ECS::ClusterCapacityProviderAssociations",
     "AWS::Scheduler::ScheduleGroup",
     "AWS::Scheduler::Schedule",
+    # a function's retries and on-failure destination, which the local Lambda runtime reads back from moto
+    "AWS::Lambda::EventInvokeConfig",
 )
 #: the property that names a resource of each deferred type, where the template may set it
 NAME_PROPERTIES = {
     "AWS::StepFunctions::StateMachine": "StateMachineName",
+    "AWS::Logs::LogStream": "LogStreamName",
     "AWS::KinesisFirehose::DeliveryStream": "DeliveryStreamName",
     "AWS::Logs::SubscriptionFilter": "FilterName",
     "AWS::Scheduler::ScheduleGroup": "Name",
     "AWS::Scheduler::Schedule": "Name",
 }
+#: where the template names none, CloudFormation generates a name that fits its service's limit; so does the local stack
+NAME_LIMITS = {
+    "AWS::StepFunctions::StateMachine": 80,
+    "AWS::KinesisFirehose::DeliveryStream": 64,
+    "AWS::Scheduler::ScheduleGroup": 64,
+    "AWS::Scheduler::Schedule": 64,
+}
+#: what the local delivery stream is created with, of its ExtendedS3DestinationConfiguration
+FIREHOSE_S3_PROPERTIES = {
+    "BucketARN",
+    "RoleARN",
+    "Prefix",
+    "ErrorOutputPrefix",
+    "BufferingHints",
+    "CompressionFormat",
+    "FileExtension",
+    "CloudWatchLoggingOptions",
+}
+EVENT_INVOKE_CONFIG_PROPERTIES = {
+    "FunctionName",
+    "Qualifier",
+    "MaximumRetryAttempts",
+    "MaximumEventAgeInSeconds",
+    "DestinationConfig",
+}
 DROPPED_TYPES = {
+    "AWS::CloudWatch::Alarm",  # nothing evaluates alarms locally
+    "AWS::SNS::Subscription",  # nor sends their email
     "AWS::ApiGatewayV2::Api",
     "AWS::ApiGatewayV2::Stage",
     "AWS::ApiGatewayV2::Route",
@@ -176,21 +209,16 @@ class Deployer:
 
         return artifact_uri
 
-    def _network_parameters(self) -> dict[str, Any]:
-        ec2 = self.client("ec2")
-        subnets = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"][:2]]
-        groups = [g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"][:1]]
-        return {
-            "SubnetIds": subnets,
-            "SecurityGroupIds": groups,
-            "AssignPublicIp": "DISABLED",
-            "Architecture": "x86_64",
-        }
+    @staticmethod
+    def _parameters() -> dict[str, Any]:
+        """The template's defaults, as a fresh account deploys it: the stack creates the tasks' network (VPC,
+        subnets, internet gateway, security group) in moto's EC2, as it does on AWS."""
+        return {"Architecture": "x86_64"}
 
     # ------------------------------------------------------------------ deploy
 
     def deploy(self) -> Deployment:
-        parameters = self._network_parameters()
+        parameters = self._parameters()
         transformed = self.app.transform(self._upload_artifacts(), parameters, inline_definitions=True)
         template = copy.deepcopy(transformed)
         resources = template["Resources"]
@@ -207,7 +235,8 @@ class Deployer:
 
         # Names for deferred and dropped resources, so that references to them resolve before the stack exists.
         names = {
-            logical_id: self._literal_name(transformed["Resources"][logical_id]) or f"{self.stack_name}-{logical_id}"
+            logical_id: self._literal_name(transformed["Resources"][logical_id])
+            or self._generated_name(transformed["Resources"][logical_id]["Type"], logical_id)
             for logical_id in removed
         }
         arns = {
@@ -246,6 +275,10 @@ class Deployer:
                 logical_id, resource_type, names[logical_id], _Resolver.fill(props, outputs), deployment
             )
         return deployment
+
+    def _generated_name(self, resource_type: str, logical_id: str) -> str:
+        limit = NAME_LIMITS.get(resource_type)
+        return f"{self.stack_name[: limit - len(logical_id) - 1] if limit else self.stack_name}-{logical_id}"
 
     def _literal_name(self, resource: dict[str, Any]) -> str | None:
         """The name a template gives a resource, when it is a literal or the stack's name."""
@@ -331,7 +364,10 @@ class Deployer:
             )
         outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
         resources = cfn.describe_stack_resources(StackName=self.stack_name)["StackResources"]
-        return outputs, {r["LogicalResourceId"]: r.get("PhysicalResourceId", "") for r in resources}
+        # moto also lists, as entries without ids, the resources whose Condition was false (it created none)
+        return outputs, {
+            r["LogicalResourceId"]: r.get("PhysicalResourceId", "") for r in resources if "LogicalResourceId" in r
+        }
 
     def _definition(self, logical_id: str, substitutions: dict[str, str]) -> str:
         source = self.app.resources[logical_id]["Properties"]
@@ -346,67 +382,104 @@ class Deployer:
     def _create_deferred(
         self, logical_id: str, resource_type: str, name: str, props: dict[str, Any], deployment: Deployment
     ) -> None:
-        if resource_type == "AWS::StepFunctions::StateMachine":
-            name = props.get("StateMachineName", name)
-            deployment.state_machine_arn = self.client("stepfunctions").create_state_machine(
-                name=name,
-                definition=self._definition(logical_id, props.get("DefinitionSubstitutions", {})),
-                roleArn=props["RoleArn"],
-                type=props.get("StateMachineType", "STANDARD"),
-            )["stateMachineArn"]
-        elif resource_type == "AWS::KinesisFirehose::DeliveryStream":
-            name = props.get("DeliveryStreamName", name)
-            config = props["ExtendedS3DestinationConfiguration"]
-            self.client("firehose").create_delivery_stream(
-                DeliveryStreamName=name,
-                DeliveryStreamType=props.get("DeliveryStreamType", "DirectPut"),
-                ExtendedS3DestinationConfiguration={
-                    k: v
-                    for k, v in config.items()
-                    if k
-                    in {"BucketARN", "RoleARN", "Prefix", "ErrorOutputPrefix", "BufferingHints", "CompressionFormat"}
-                },
-            )
-            deployment.delivery_stream = name
-        elif resource_type == "AWS::Logs::SubscriptionFilter":
-            request = {
-                "logGroupName": props["LogGroupName"],
-                "filterName": props.get("FilterName", name),
-                "filterPattern": props.get("FilterPattern", ""),
-                "destinationArn": props["DestinationArn"],
+        create = self._CREATORS[resource_type]
+        deployment.physical_ids[logical_id] = create(self, logical_id, name, props, deployment)
+
+    # Each creator makes one deferred resource through its service's API and returns its physical name.
+
+    def _create_state_machine(self, logical_id: str, name: str, props: dict[str, Any], deployment: Deployment) -> str:
+        name = props.get("StateMachineName", name)
+        deployment.state_machine_arn = self.client("stepfunctions").create_state_machine(
+            name=name,
+            definition=self._definition(logical_id, props.get("DefinitionSubstitutions", {})),
+            roleArn=props["RoleArn"],
+            type=props.get("StateMachineType", "STANDARD"),
+        )["stateMachineArn"]
+        return str(name)
+
+    def _create_log_stream(self, logical_id: str, name: str, props: dict[str, Any], deployment: Deployment) -> str:
+        name = props.get("LogStreamName", name)
+        self.client("logs").create_log_stream(logGroupName=props["LogGroupName"], logStreamName=name)
+        return str(name)
+
+    def _create_delivery_stream(self, logical_id: str, name: str, props: dict[str, Any], deployment: Deployment) -> str:
+        name = props.get("DeliveryStreamName", name)
+        config = props["ExtendedS3DestinationConfiguration"]
+        self.client("firehose").create_delivery_stream(
+            DeliveryStreamName=name,
+            DeliveryStreamType=props.get("DeliveryStreamType", "DirectPut"),
+            ExtendedS3DestinationConfiguration={k: v for k, v in config.items() if k in FIREHOSE_S3_PROPERTIES},
+        )
+        deployment.delivery_stream = name
+        return str(name)
+
+    def _create_subscription_filter(
+        self, logical_id: str, name: str, props: dict[str, Any], deployment: Deployment
+    ) -> str:
+        request = {
+            "logGroupName": props["LogGroupName"],
+            "filterName": props.get("FilterName", name),
+            "filterPattern": props.get("FilterPattern", ""),
+            "destinationArn": props["DestinationArn"],
+        }
+        if "RoleArn" in props:
+            request["roleArn"] = props["RoleArn"]
+        self.client("logs").put_subscription_filter(**request)
+        return name
+
+    def _create_capacity_providers(
+        self, logical_id: str, name: str, props: dict[str, Any], deployment: Deployment
+    ) -> str:
+        strategy = [
+            {
+                "capacityProvider": s["CapacityProvider"],
+                "weight": int(s.get("Weight", 0)),
+                "base": int(s.get("Base", 0)),
             }
-            if "RoleArn" in props:
-                request["roleArn"] = props["RoleArn"]
-            self.client("logs").put_subscription_filter(**request)
-        elif resource_type == "AWS::Scheduler::ScheduleGroup":
-            self.client("scheduler").create_schedule_group(Name=props.get("Name", name))
-        elif resource_type == "AWS::Scheduler::Schedule":
-            target = {k: v for k, v in props["Target"].items() if v is not None}
-            request = {
-                "Name": props.get("Name", name),
-                "GroupName": props.get("GroupName", "default"),
-                "ScheduleExpression": props["ScheduleExpression"],
-                "FlexibleTimeWindow": props.get("FlexibleTimeWindow", {"Mode": "OFF"}),
-                "Target": target,
-                "State": props.get("State", "ENABLED"),
-            }
-            for key in ("ScheduleExpressionTimezone", "Description", "StartDate", "EndDate"):
-                if key in props:
-                    request[key] = props[key]
-            deployment.schedule_arns[logical_id] = self.client("scheduler").create_schedule(**request)["ScheduleArn"]
-            name = request["Name"]
-        elif resource_type == "AWS::ECS::ClusterCapacityProviderAssociations":
-            strategy = [
-                {
-                    "capacityProvider": s["CapacityProvider"],
-                    "weight": int(s.get("Weight", 0)),
-                    "base": int(s.get("Base", 0)),
-                }
-                for s in props.get("DefaultCapacityProviderStrategy", [])
-            ]
-            self.client("ecs").put_cluster_capacity_providers(
-                cluster=props["Cluster"],
-                capacityProviders=props.get("CapacityProviders", []),
-                defaultCapacityProviderStrategy=strategy,
-            )
-        deployment.physical_ids[logical_id] = name
+            for s in props.get("DefaultCapacityProviderStrategy", [])
+        ]
+        self.client("ecs").put_cluster_capacity_providers(
+            cluster=props["Cluster"],
+            capacityProviders=props.get("CapacityProviders", []),
+            defaultCapacityProviderStrategy=strategy,
+        )
+        return name
+
+    def _create_schedule_group(self, logical_id: str, name: str, props: dict[str, Any], deployment: Deployment) -> str:
+        name = props.get("Name", name)
+        self.client("scheduler").create_schedule_group(Name=name)
+        return str(name)
+
+    def _create_schedule(self, logical_id: str, name: str, props: dict[str, Any], deployment: Deployment) -> str:
+        target = {k: v for k, v in props["Target"].items() if v is not None}
+        request = {
+            "Name": props.get("Name", name),
+            "GroupName": props.get("GroupName", "default"),
+            "ScheduleExpression": props["ScheduleExpression"],
+            "FlexibleTimeWindow": props.get("FlexibleTimeWindow", {"Mode": "OFF"}),
+            "Target": target,
+            "State": props.get("State", "ENABLED"),
+        }
+        for key in ("ScheduleExpressionTimezone", "Description", "StartDate", "EndDate"):
+            if key in props:
+                request[key] = props[key]
+        deployment.schedule_arns[logical_id] = self.client("scheduler").create_schedule(**request)["ScheduleArn"]
+        return str(request["Name"])
+
+    def _create_event_invoke_config(
+        self, logical_id: str, name: str, props: dict[str, Any], deployment: Deployment
+    ) -> str:
+        request = {k: v for k, v in props.items() if k in EVENT_INVOKE_CONFIG_PROPERTIES}
+        self.client("lambda").put_function_event_invoke_config(**request)
+        return name
+
+    _CREATORS: dict[str, Callable[[Deployer, str, str, dict[str, Any], Deployment], str]] = {
+        "AWS::StepFunctions::StateMachine": _create_state_machine,
+        "AWS::Logs::LogStream": _create_log_stream,
+        "AWS::KinesisFirehose::DeliveryStream": _create_delivery_stream,
+        "AWS::Logs::SubscriptionFilter": _create_subscription_filter,
+        "AWS::ECS::ClusterCapacityProviderAssociations": _create_capacity_providers,
+        "AWS::Scheduler::ScheduleGroup": _create_schedule_group,
+        "AWS::Scheduler::Schedule": _create_schedule,
+        "AWS::Lambda::EventInvokeConfig": _create_event_invoke_config,
+    }

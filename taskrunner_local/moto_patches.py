@@ -238,6 +238,65 @@ def _patch_sfn_ecs_sync() -> list[tuple[Any, str, Any]]:
     return [_replace(StateTaskServiceEcs, "_build_sync_resolver", _build_sync_resolver)]
 
 
+@cache
+def _ecs_modelled_errors() -> frozenset[str]:
+    import botocore.session
+
+    return frozenset(shape.name for shape in botocore.session.get_session().get_service_model("ecs").error_shapes)
+
+
+def _patch_sfn_ecs_error_names() -> list[tuple[Any, str, Any]]:
+    """moto's optimized ECS integration (ecs:runTask) turns every ECS API error into States.Runtime, which AWS never
+    retries. AWS names an error the ECS API models ECS.<code> (ECS.InvalidParameterException) and any other one,
+    throttling among them, ECS.AmazonECSException, with the code in the cause: "Rate exceeded (Service: AmazonECS;
+    Status Code: 400; Error Code: ThrottlingException; Request ID: ...)". moto's own failures (HTTP 500, a crash in
+    a backend) are named as ECS names its server faults, ECS.ServerException, which is retried briefly: named
+    ECS.AmazonECSException they would be retried for half an hour as if throttled."""
+    from botocore.exceptions import ClientError
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_ecs import (
+        StateTaskServiceEcs,
+    )
+
+    original = StateTaskServiceEcs._from_error
+
+    def _from_error(self: Any, env: Any, ex: Exception) -> Any:
+        if not isinstance(ex, ClientError):
+            return original(self, env, ex)
+        from moto.stepfunctions.parser.api import HistoryEventType, TaskFailedEventDetails
+        from moto.stepfunctions.parser.asl.component.common.error_name.custom_error_name import CustomErrorName
+        from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import FailureEvent
+        from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
+
+        details = ex.response.get("Error", {})
+        code, message = str(details.get("Code", "")), details.get("Message", "")
+        metadata = ex.response.get("ResponseMetadata", {})
+        if code in _ecs_modelled_errors():
+            error = f"ECS.{code}"
+        elif int(metadata.get("HTTPStatusCode") or 0) >= 500:
+            error = "ECS.ServerException"
+        else:
+            error = "ECS.AmazonECSException"
+        cause = (
+            f"{message} (Service: AmazonECS; Status Code: {metadata.get('HTTPStatusCode')}; Error Code: {code}; "
+            f"Request ID: {metadata.get('RequestId')}; Proxy: null)"
+        )
+        return FailureEvent(
+            env=env,
+            error_name=CustomErrorName(error),
+            event_type=HistoryEventType.TaskFailed,
+            event_details=EventDetails(  # type: ignore[typeddict-item]
+                taskFailedEventDetails=TaskFailedEventDetails(
+                    error=error,
+                    cause=cause,
+                    resource=self._get_sfn_resource(),
+                    resourceType=self._get_sfn_resource_type(),
+                )
+            ),
+        )
+
+    return [_replace(StateTaskServiceEcs, "_from_error", _from_error)]
+
+
 def _patch_sfn_parse_cache() -> list[tuple[Any, str, Any]]:
     """Every execution parses its state machine's definition again with ANTLR (about 80 ms of CPU for ours),
     which alone caps a local stack near ten executions per second. The parse tree depends only on the text:
@@ -620,6 +679,64 @@ def _patch_logs_page_size() -> list[tuple[Any, str, Any]]:
     return [_replace(LogStream, "get_log_events", get_log_events)]
 
 
+# ---------------------------------------------------------------------------------------------- EC2
+
+
+def _patch_ec2_cloudformation_vpc_dns() -> list[tuple[Any, str, Any]]:
+    """moto's CloudFormation creates a VPC without its EnableDnsSupport and EnableDnsHostnames. Without DNS hostnames
+    a network interface in it has no private DNS name, and RunTask of an awsvpc task there crashes on that."""
+    from moto.ec2.models.vpcs import VPC
+
+    original = VPC.__dict__["create_from_cloudformation_json"].__func__
+
+    def create_from_cloudformation_json(
+        cls: Any, /, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str, **kwargs: Any
+    ) -> Any:
+        vpc = original(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+        properties = cloudformation_json.get("Properties", {})
+        for attribute, name in (
+            ("enable_dns_support", "EnableDnsSupport"),
+            ("enable_dns_hostnames", "EnableDnsHostnames"),
+        ):
+            if name in properties:
+                setattr(vpc, attribute, str(properties[name]).lower() == "true")
+        return vpc
+
+    return [_replace(VPC, "create_from_cloudformation_json", classmethod(create_from_cloudformation_json))]
+
+
+# ---------------------------------------------------------------------------------------------- Firehose
+
+
+def _patch_firehose_file_extension() -> list[tuple[Any, str, Any]]:
+    """moto names the S3 objects of a delivery stream without the destination's FileExtension; AWS appends it. The
+    object name is made by a static method that does not see the destination: the destination's delivery tells it
+    the extension."""
+    from moto.firehose.models import FirehoseBackend
+
+    original_put = FirehoseBackend.put_s3_records
+    original_path = FirehoseBackend.__dict__["_format_s3_object_path"].__func__
+    delivering = threading.local()
+
+    def put_s3_records(
+        self: Any, delivery_stream_name: str, version_id: str, s3_destination: dict[str, Any], records: list[Any]
+    ) -> Any:
+        delivering.extension = s3_destination.get("FileExtension") or ""
+        try:
+            return original_put(self, delivery_stream_name, version_id, s3_destination, records)
+        finally:
+            delivering.extension = ""
+
+    def _format_s3_object_path(delivery_stream_name: str, version_id: str, prefix: str) -> str:
+        path: str = original_path(delivery_stream_name, version_id, prefix)
+        return path + getattr(delivering, "extension", "")
+
+    return [
+        _replace(FirehoseBackend, "put_s3_records", put_s3_records),
+        _replace(FirehoseBackend, "_format_s3_object_path", staticmethod(_format_s3_object_path)),
+    ]
+
+
 PATCHES: list[Patch] = [
     Patch(
         "sfn-normalise-parameters",
@@ -637,6 +754,12 @@ PATCHES: list[Patch] = [
         "ecs:runTask.sync succeeds whatever the exit code; AWS fails the state with States.TaskFailed and the "
         "task description (PascalCase, epoch milliseconds) as the Cause.",
         _patch_sfn_ecs_sync,
+    ),
+    Patch(
+        "sfn-ecs-error-names",
+        "ecs:runTask reports every ECS API error, throttling included, as States.Runtime (never retried on AWS); AWS "
+        "names modelled errors ECS.<code> and the others, throttling among them, ECS.AmazonECSException.",
+        _patch_sfn_ecs_error_names,
     ),
     Patch(
         "sfn-parse-cache",
@@ -676,6 +799,17 @@ PATCHES: list[Patch] = [
         "GetLogEvents returns every event up to its limit in one page, however many megabytes; AWS stops a "
         "page at 1 MB, so one page of a task that prints long lines stays small.",
         _patch_logs_page_size,
+    ),
+    Patch(
+        "ec2-cloudformation-vpc-dns",
+        "A VPC created by CloudFormation ignores EnableDnsSupport and EnableDnsHostnames, so awsvpc tasks in its "
+        "subnets crash RunTask (their network interface has no private DNS name).",
+        _patch_ec2_cloudformation_vpc_dns,
+    ),
+    Patch(
+        "firehose-file-extension",
+        "S3 objects of a delivery stream are named without the destination's FileExtension (the archive's .gz).",
+        _patch_firehose_file_extension,
     ),
     Patch("lambda-invoke-local", "Lambda functions run only in Docker.", _patch_lambda_invoke),
     Patch("events-lambda-targets", "EventBridge rules cannot target Lambda functions.", _patch_events_lambda_targets),

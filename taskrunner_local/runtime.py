@@ -5,6 +5,10 @@ that import the handler once, with the layer on the path, the template's environ
 merged with the function's own, as deployed), and a Lambda context carrying the function's timeout. A
 handler that raises returns Lambda's error shape; one that hangs past its timeout is killed; neither takes
 the stack down.
+
+Asynchronous invocations behave as Lambda's: the first attempt and up to two retries (the function's event invoke
+config sets how many, and how old an event may get), then a record of the failure, in Lambda's destination record
+format, to the function's on-failure destination; an event is dropped only when the function has none.
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 WORKER_SCRIPT = Path(__file__).with_name("lambda_worker.py")
 WORKER_START_TIMEOUT_SECONDS = 60
-ASYNC_RETRY_DELAYS_SECONDS = (1.0, 2.0)  # Lambda retries an asynchronous invocation twice
+ASYNC_RETRY_DELAYS_SECONDS = (1.0, 2.0)  # Lambda retries an asynchronous invocation twice (after 1 and 2 minutes)
+#: sends a destination record to a destination ARN (an SQS queue, an SNS topic, ...)
+DestinationSender = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass
@@ -41,6 +48,11 @@ class FunctionSpec:
     environment: dict[str, str]
     timeout_seconds: int = 3
     memory_mb: int = 128
+    #: asynchronous invocation, from the function's event invoke config (Lambda's defaults without one): retries
+    #: after the first attempt, the age past which an event is not tried again, and where a failed event goes
+    max_retry_attempts: int = 2
+    max_event_age_seconds: int = 21_600
+    on_failure_destination: str | None = None
 
 
 @dataclass
@@ -204,8 +216,10 @@ class LambdaRuntime:
         base_env: dict[str, str],
         concurrency: int = 6,
         echo_logs: bool = True,
+        send_to_destination: DestinationSender | None = None,
     ) -> None:
         self._pools: dict[str, _Pool] = {}
+        self._send_to_destination = send_to_destination
         self._names: dict[str, str] = {}
         self._async = ThreadPoolExecutor(max_workers=max(4, concurrency * 2), thread_name_prefix="lambda-async")
         self._closed = False
@@ -254,7 +268,7 @@ class LambdaRuntime:
         for thread in threads:
             thread.join()
 
-    def invoke(self, function: str, event: Any) -> Invocation:
+    def invoke(self, function: str, event: Any, request_id: str | None = None) -> Invocation:
         logical_id = self._logical_id(function)
         if logical_id is None:
             return Invocation(
@@ -266,22 +280,48 @@ class LambdaRuntime:
         except WorkerDied as exc:
             return Invocation(error={"errorType": "Runtime.InitError", "errorMessage": str(exc)})
         try:
-            invocation = worker.invoke(event, str(uuid.uuid4()))
+            invocation = worker.invoke(event, request_id or str(uuid.uuid4()))
         finally:
             pool.release(worker)
         return invocation
 
     def invoke_async(self, function: str, event: Any) -> None:
+        logical_id = self._logical_id(function)
+        spec = self._pools[logical_id].spec if logical_id is not None else None
+        retries = ASYNC_RETRY_DELAYS_SECONDS[: spec.max_retry_attempts] if spec else ASYNC_RETRY_DELAYS_SECONDS
+        request_id = str(uuid.uuid4())  # one request, however many attempts
+        queued = time.monotonic()
+
         def run() -> None:
-            for delay in (0.0, *ASYNC_RETRY_DELAYS_SECONDS):
+            attempts, condition, last = 0, "RetriesExhausted", Invocation()
+            for delay in (0.0, *retries):
                 if self._closed:
                     return
                 time.sleep(delay)
-                if self.invoke(function, event).error is None:
+                if spec is not None and attempts and time.monotonic() - queued > spec.max_event_age_seconds:
+                    condition = "EventAgeExceeded"
+                    break
+                last = self.invoke(function, event, request_id)
+                attempts += 1
+                if last.error is None:
                     return
-            print(f"[{function}] asynchronous invocation failed after retries; event dropped", flush=True)
+            record = failure_record(
+                spec, event, request_id=request_id, condition=condition, attempts=attempts, last=last
+            )
+            self._on_failure(function, spec, record)
 
         self._async.submit(run)
+
+    def _on_failure(self, function: str, spec: FunctionSpec | None, record: dict[str, Any]) -> None:
+        """Lambda sends a failed asynchronous event to the function's on-failure destination, or discards it."""
+        destination = spec.on_failure_destination if spec is not None else None
+        if destination is None or self._send_to_destination is None:
+            print(f"[{function}] asynchronous invocation failed after retries; event dropped", flush=True)
+            return
+        try:
+            self._send_to_destination(destination, record)
+        except Exception as exc:  # a destination that refuses the record must not take the runtime down
+            print(f"[{function}] could not send the failed event to {destination}: {exc!r}; event dropped", flush=True)
 
     def invoke_payload(self, function: str, payload: bytes, invocation_type: str) -> tuple[bytes, str | None]:
         """The shape moto's Lambda API needs (see moto_patches.Hooks.invoke_lambda)."""
@@ -297,3 +337,24 @@ class LambdaRuntime:
         self._async.shutdown(wait=False, cancel_futures=True)
         for pool in self._pools.values():
             pool.close()
+
+
+def failure_record(
+    spec: FunctionSpec | None, event: Any, *, request_id: str, condition: str, attempts: int, last: Invocation
+) -> dict[str, Any]:
+    """What Lambda sends to an on-failure destination: the invocation record of an asynchronous invocation whose
+    attempts all failed (`condition` RetriesExhausted) or that grew too old to try again (EventAgeExceeded)."""
+    arn = spec.arn if spec is not None else ""
+    return {
+        "version": "1.0",
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "requestContext": {
+            "requestId": request_id,
+            "functionArn": arn if arn.endswith(":$LATEST") else f"{arn}:$LATEST",
+            "condition": condition,
+            "approximateInvokeCount": attempts,
+        },
+        "requestPayload": event,
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+        "responsePayload": last.error,
+    }

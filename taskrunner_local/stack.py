@@ -3,6 +3,7 @@ and the Fargate agent, started and stopped together."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -54,6 +55,7 @@ class LocalStack:
                 base_env=self._function_base_env(),
                 concurrency=config.lambda_concurrency,
                 echo_logs=config.echo_function_logs,
+                send_to_destination=self._send_to_destination,
             )
             moto_patches.HOOKS.invoke_lambda = self.runtime.invoke_payload
             self._start_agent()
@@ -141,6 +143,10 @@ class LocalStack:
         for source in app.functions():
             name = self.deployment.function_names[source.logical_id]
             configuration = lambda_client.get_function_configuration(FunctionName=name)
+            try:  # retries and on-failure destination of asynchronous invocations, as deployed
+                invoke_config = lambda_client.get_function_event_invoke_config(FunctionName=name, Qualifier="$LATEST")
+            except lambda_client.exceptions.ResourceNotFoundException:
+                invoke_config = {}
             specs.append(
                 FunctionSpec(
                     logical_id=source.logical_id,
@@ -152,9 +158,28 @@ class LocalStack:
                     environment=configuration.get("Environment", {}).get("Variables", {}),
                     timeout_seconds=int(configuration.get("Timeout", 3)),
                     memory_mb=int(configuration.get("MemorySize", 128)),
+                    max_retry_attempts=int(invoke_config.get("MaximumRetryAttempts", 2)),
+                    max_event_age_seconds=int(invoke_config.get("MaximumEventAgeInSeconds", 21_600)),
+                    on_failure_destination=invoke_config.get("DestinationConfig", {})
+                    .get("OnFailure", {})
+                    .get("Destination"),
                 )
             )
         return specs
+
+    def _send_to_destination(self, destination_arn: str, record: dict[str, Any]) -> None:
+        """Lambda's delivery of an invocation record to a destination: an SQS queue or an SNS topic."""
+        assert self.session is not None
+        service, _region, account, resource = destination_arn.split(":", 5)[2:6]
+        body = json.dumps(record, default=str)
+        if service == "sqs":
+            sqs = self.session.client("sqs")
+            url = sqs.get_queue_url(QueueName=resource, QueueOwnerAWSAccountId=account)["QueueUrl"]
+            sqs.send_message(QueueUrl=url, MessageBody=body)
+        elif service == "sns":
+            self.session.client("sns").publish(TopicArn=destination_arn, Message=body)
+        else:
+            raise ValueError(f"destinations of type {service} are not delivered locally ({destination_arn})")
 
     def _function_base_env(self) -> dict[str, str]:
         config = self.config

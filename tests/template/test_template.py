@@ -313,6 +313,7 @@ def test_the_reconciler_runs_every_five_minutes_with_only_what_it_needs(transfor
     assert granted == {
         "dynamodb:Query",  # the status index only: no Scan
         "dynamodb:GetItem",
+        "dynamodb:BatchGetItem",  # the tasks an index query names
         "dynamodb:UpdateItem",
         "dynamodb:PutItem",  # the metering record, in the finalize transaction
         "states:DescribeExecution",

@@ -178,6 +178,39 @@ def test_run_task_sync_succeeds_on_exit_zero_with_epoch_millisecond_timestamps(a
     assert output["LastStatus"] == "STOPPED" and isinstance(output["CreatedAt"], int)
 
 
+def _ecs_client_error(code: str, message: str, status: int = 400) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status, "RequestId": "r"}},
+        "RunTask",
+    )
+
+
+@pytest.mark.parametrize("applied", [False, True])
+def test_ecs_integration_errors_have_the_names_aws_gives_them(applied: bool) -> None:
+    service = ecs_service("runTask")
+    service._get_sfn_resource = lambda: "runTask.sync"
+    service._get_sfn_resource_type = lambda: "ecs"
+    env = MagicMock(name="Environment")
+    with patch_state("sfn-ecs-error-names", applied):
+        throttled = service._from_error(env, _ecs_client_error("ThrottlingException", "Rate exceeded"))
+        invalid = service._from_error(env, _ecs_client_error("InvalidParameterException", "No subnets"))
+    throttled_details = throttled.event_details["taskFailedEventDetails"]
+    if not applied:  # the gap: every ECS error is a States.Runtime, which AWS never retries
+        assert (
+            throttled_details["error"] == invalid.event_details["taskFailedEventDetails"]["error"] == "States.Runtime"
+        )
+        return
+    # AWS: errors the ECS API does not model (throttling among them) are ECS.AmazonECSException, the rest by name
+    assert throttled_details["error"] == "ECS.AmazonECSException"
+    assert throttled_details["cause"].startswith("Rate exceeded (Service: AmazonECS; Status Code: 400; ")
+    assert "Error Code: ThrottlingException" in throttled_details["cause"]
+    assert invalid.event_details["taskFailedEventDetails"]["error"] == "ECS.InvalidParameterException"
+    # moto's own crashes (HTTP 500) are server faults, retried briefly, not throttling, retried for half an hour
+    with patch_state("sfn-ecs-error-names", applied):
+        crashed = service._from_error(env, _ecs_client_error("500", "Internal Server Error", status=500))
+    assert crashed.event_details["taskFailedEventDetails"]["error"] == "ECS.ServerException"
+
+
 @pytest.mark.parametrize("applied", [False, True])
 def test_lambda_functions_run_without_docker(aws: None, applied: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, bytes, str]] = []
@@ -252,6 +285,43 @@ def test_get_log_events_stops_a_page_at_one_megabyte(aws: None, applied: bool) -
             logGroupName="g", logStreamName="s", startFromHead=True, nextToken=rest["nextForwardToken"]
         )
         assert [len(p["events"]) for p in (rest, last)] == [5, 2]
+
+
+@pytest.mark.parametrize("applied", [False, True])
+def test_cloudformation_vpcs_get_the_dns_attributes_of_their_template(aws: None, applied: bool) -> None:
+    # Given a template whose VPC has DNS hostnames (as the tasks' network of template.yaml does)
+    vpc = {"Type": "AWS::EC2::VPC", "Properties": {"CidrBlock": "10.9.0.0/16", "EnableDnsHostnames": True}}
+    template = {"Resources": {"Vpc": vpc}, "Outputs": {"VpcId": {"Value": {"Ref": "Vpc"}}}}
+    with patch_state("ec2-cloudformation-vpc-dns", applied):
+        # When CloudFormation creates it
+        cfn = boto3.client("cloudformation")
+        cfn.create_stack(StackName="net", TemplateBody=json.dumps(template))
+    [output] = cfn.describe_stacks(StackName="net")["Stacks"][0]["Outputs"]
+    # Then it has DNS hostnames (the gap: moto ignores the property)
+    attribute = boto3.client("ec2").describe_vpc_attribute(VpcId=output["OutputValue"], Attribute="enableDnsHostnames")
+    assert attribute["EnableDnsHostnames"]["Value"] is applied
+
+
+@pytest.mark.parametrize("applied", [False, True])
+def test_firehose_s3_objects_end_in_the_configured_file_extension(aws: None, applied: bool) -> None:
+    # Given a delivery stream to S3 whose objects should end in .gz
+    s3, firehose = boto3.client("s3"), boto3.client("firehose")
+    s3.create_bucket(Bucket="archive")
+    destination = {
+        "BucketARN": "arn:aws:s3:::archive",
+        "RoleARN": "arn:aws:iam::123456789012:role/firehose",
+        "Prefix": "tasks/",
+        "CompressionFormat": "UNCOMPRESSED",
+        "FileExtension": ".gz",
+    }
+    firehose.create_delivery_stream(DeliveryStreamName="d", ExtendedS3DestinationConfiguration=destination)
+    with patch_state("firehose-file-extension", applied):
+        # When a record is delivered
+        firehose.put_record(DeliveryStreamName="d", Record={"Data": b"data"})
+        [key] = [o["Key"] for o in s3.list_objects_v2(Bucket="archive")["Contents"]]
+    # Then its object is named with the extension (the gap: moto ignores FileExtension)
+    assert key.startswith("tasks/")
+    assert key.endswith(".gz") == applied
 
 
 def test_every_patch_reverts_cleanly() -> None:
