@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from taskrunner.settings import Settings
 from taskrunner.wiring import IDEMPOTENCY, LOGS, SCHEDULER, SUBMISSION, TASKS
 
 from taskrunner_local.sam import SamApp
+from tests.support import template
 from tests.support.apigw import ROUTES
 from tests.support.functions import cold_start
 
@@ -65,39 +65,7 @@ def _sam_template() -> dict[str, Any]:
 def transformed() -> dict[str, Any]:
     """The template as `sam package` and the SAM transform make it (artifact paths become S3 URIs); the
     managed-policy loader is the local stack's offline table, so IAM is never called."""
-
-    def artifact_uri(logical_id: str, key: str, path: Path) -> str:
-        return f"s3://artifacts-bucket/{logical_id}/{key.lower()}"
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        return SamApp(TEMPLATE).transform(artifact_uri)
-
-
-def _of_type(template: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
-    return {k: v for k, v in template["Resources"].items() if v["Type"] == resource_type}
-
-
-def _statements(node: Any, where: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every policy statement anywhere in the template (identity and resource policies), with its location."""
-    if isinstance(node, dict):
-        statements = node.get("Statement")
-        if isinstance(statements, list):
-            for i, statement in enumerate(statements):
-                if isinstance(statement, dict):
-                    yield f"{where}/Statement[{i}]", statement
-        elif isinstance(statements, dict):
-            yield f"{where}/Statement", statements
-        for key, value in node.items():
-            yield from _statements(value, f"{where}/{key}")
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from _statements(value, f"{where}[{i}]")
-
-
-def _actions(statement: dict[str, Any]) -> list[Any]:
-    actions = statement.get("Action", [])
-    return [actions] if isinstance(actions, str) else list(actions)
+    return template.transformed()
 
 
 # ------------------------------------------------------------------------------------------------ lint
@@ -193,13 +161,13 @@ def test_http_api_has_every_route_behind_iam_auth(transformed: dict[str, Any]) -
         for method, operation in item.items():
             assert operation.get("security") == [{"AWS_IAM": []}], f"{method.upper()} {path} is not IAM-authorized"
             assert operation["x-amazon-apigateway-integration"]["payloadFormatVersion"] == "2.0"
-    stage = next(iter(_of_type(transformed, "AWS::ApiGatewayV2::Stage").values()))["Properties"]
+    stage = next(iter(template.of_type(transformed, "AWS::ApiGatewayV2::Stage").values()))["Properties"]
     assert "AccessLogSettings" in stage
     assert {"ThrottlingBurstLimit", "ThrottlingRateLimit"} <= stage["DefaultRouteSettings"].keys()
 
 
 def test_task_events_rule_matches_running_and_stopped_tasks_of_this_cluster(transformed: dict[str, Any]) -> None:
-    rules = _of_type(transformed, "AWS::Events::Rule")
+    rules = template.of_type(transformed, "AWS::Events::Rule")
     rule = rules["TaskEventsFunctionTaskStateChange"]["Properties"]
     assert rule["EventPattern"] == {
         "source": ["aws.ecs"],
@@ -213,7 +181,7 @@ def test_task_events_rule_matches_running_and_stopped_tasks_of_this_cluster(tran
 
 
 def test_only_the_submitting_functions_know_the_state_machine(transformed: dict[str, Any]) -> None:
-    functions = _of_type(transformed, "AWS::Lambda::Function")
+    functions = template.of_type(transformed, "AWS::Lambda::Function")
     assert set(functions) == set(FUNCTIONS)
     for name, function in functions.items():
         props = function["Properties"]
@@ -259,12 +227,12 @@ WILDCARD_ACTION = re.compile(r"^(\*|[A-Za-z0-9-]+:\*)$")
 def test_no_allow_statement_grants_wildcard_actions(transformed: dict[str, Any]) -> None:
     """Deny statements may use wildcards (the bucket's deny-non-TLS uses s3:*); Allow statements may not."""
     offenders = []
-    for where, statement in _statements(transformed["Resources"]):
+    for where, statement in template.statements(transformed["Resources"]):
         if statement.get("Effect") != "Allow":
             continue
         if "NotAction" in statement:
             offenders.append((where, "NotAction"))
-        for action in _actions(statement):
+        for action in template.actions(statement):
             if isinstance(action, str) and WILDCARD_ACTION.match(action):
                 offenders.append((where, action))
     assert not offenders, f"wildcard actions: {offenders}"
@@ -272,7 +240,7 @@ def test_no_allow_statement_grants_wildcard_actions(transformed: dict[str, Any])
 
 def test_the_policy_walk_sees_every_role(transformed: dict[str, Any]) -> None:
     """Guards the test above: it must see the inline policies of the roles SAM generates."""
-    locations = [where for where, _ in _statements(transformed["Resources"])]
+    locations = [where for where, _ in template.statements(transformed["Resources"])]
     for role in ["RunTaskStateMachineRole", "ApiFunctionRole", "LogsToFirehoseRole", "FirehoseDeliveryRole"]:
         assert any(w.startswith(f"/{role}/Properties/Policies") for w in locations), role
 
@@ -280,8 +248,8 @@ def test_the_policy_walk_sees_every_role(transformed: dict[str, Any]) -> None:
 def test_pass_role_is_limited_to_ecs_tasks_and_the_scheduler(transformed: dict[str, Any]) -> None:
     pass_role = [
         s
-        for _, s in _statements(transformed["Resources"])
-        if s.get("Effect") == "Allow" and "iam:PassRole" in _actions(s)
+        for _, s in template.statements(transformed["Resources"])
+        if s.get("Effect") == "Allow" and "iam:PassRole" in template.actions(s)
     ]
     assert pass_role
     services = set()
@@ -298,17 +266,19 @@ def test_the_reconciler_runs_every_five_minutes_with_only_what_it_needs(transfor
     resources = transformed["Resources"]
     [schedule] = [
         r["Properties"]
-        for r in _of_type(transformed, "AWS::Scheduler::Schedule").values()
+        for r in template.of_type(transformed, "AWS::Scheduler::Schedule").values()
         if r["Properties"]["Target"]["Arn"] == {"Fn::GetAtt": ["ReconcilerFunction", "Arn"]}
     ]
     assert schedule["ScheduleExpression"] == "rate(5 minutes)" and schedule["State"] == "ENABLED"
     assert "GroupName" not in schedule  # the stack's group holds the users' schedules only
     assert schedule["Target"]["RoleArn"] == {"Fn::GetAtt": ["ReconcilerScheduleRole", "Arn"]}
-    [invoke] = [s for _, s in _statements(resources["ReconcilerScheduleRole"]["Properties"]["Policies"])]
+    [invoke] = [s for _, s in template.statements(resources["ReconcilerScheduleRole"]["Properties"]["Policies"])]
     assert invoke["Action"] == "lambda:InvokeFunction"
     assert invoke["Resource"] == {"Fn::GetAtt": ["ReconcilerFunction", "Arn"]}
     granted = {
-        a for _, s in _statements(resources["ReconcilerFunctionRole"]["Properties"]["Policies"]) for a in _actions(s)
+        a
+        for _, s in template.statements(resources["ReconcilerFunctionRole"]["Properties"]["Policies"])
+        for a in template.actions(s)
     }
     assert granted == {
         "dynamodb:Query",  # the status index only: no Scan
