@@ -206,3 +206,44 @@ def test_a_stopped_task_description_without_its_optional_fields_is_finalized(tas
     assert result == {"task_id": task_id, "status": "SUCCEEDED", "metered": True}
     task = get_task(task_id)
     assert task["ecs_task_arn"] == ECS_TASK_ARN and task["metering"]["billed_seconds"] == 0
+
+
+def test_a_task_definition_ecs_refuses_to_run_is_forgotten_so_the_next_task_registers_anew(stack, ddb):
+    # Given an image whose recorded task definition someone deregistered (ECS then refuses RunTask with it)
+    from taskrunner.task_definitions import task_definition_key
+    from taskrunner.wiring import task_service
+
+    first = json.loads(invoke(api, http_event("POST", "/tasks", body={"image": "busybox"}))["body"])["task_id"]
+    family = task_service().execution_input(task_service().get("default", first))["task_definition"]["family"]
+    revision = f"arn:aws:ecs:us-east-1:123456789012:task-definition/{family}:1"
+    ddb.put_item(
+        TableName=stack.tasks_table,
+        Item={**task_definition_key(family), "task_definition_arn": {"S": revision}},
+    )
+    second = json.loads(invoke(api, http_event("POST", "/tasks", body={"image": "busybox"}))["body"])["task_id"]
+    assert task_service().execution_input(task_service().get("default", second))["prepared"] == {
+        "task_definition_arn": revision
+    }
+    # When its workflow fails on that revision
+    refused = {
+        "Error": "ECS.ClientException",
+        "Cause": "TaskDefinition is inactive (Service: AmazonECS; Status Code: 400; Error Code: ClientException)",
+    }
+    assert invoke(finalize, {"task_id": second, "outcome": "ERROR", "error": refused})["status"] == "FAILED"
+    # Then the record is gone, and the next task of the image goes to the workflow to register a new revision
+    assert "Item" not in ddb.get_item(TableName=stack.tasks_table, Key=task_definition_key(family))
+    third = json.loads(invoke(api, http_event("POST", "/tasks", body={"image": "busybox"}))["body"])["task_id"]
+    assert "prepared" not in task_service().execution_input(task_service().get("default", third))
+
+
+def test_other_workflow_errors_keep_the_recorded_task_definition(stack, ddb):
+    from taskrunner.task_definitions import task_definition_key
+
+    task_id = json.loads(invoke(api, http_event("POST", "/tasks", body={"image": "busybox"}))["body"])["task_id"]
+    from taskrunner.wiring import task_service
+
+    family = task_service().execution_input(task_service().get("default", task_id))["task_definition"]["family"]
+    item = {**task_definition_key(family), "task_definition_arn": {"S": "arn:aws:ecs:...:task-definition/x:1"}}
+    ddb.put_item(TableName=stack.tasks_table, Item=item)
+    invoke(finalize, event("finalize/error.json", task_id))  # RunTask returned failures: RESOURCE:ENI
+    assert "Item" in ddb.get_item(TableName=stack.tasks_table, Key=task_definition_key(family))

@@ -122,6 +122,9 @@ class InMemoryTaskDefinitionCache:
         self.lookups.append(family)
         return self.registered.get(family)
 
+    def forget(self, family: str) -> None:
+        self.registered.pop(family, None)
+
 
 class RecordingOrchestrator:
     def __init__(self, fail_with: Exception | None = None) -> None:

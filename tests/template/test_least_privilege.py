@@ -40,7 +40,8 @@ ALLOWED_ACTIONS: dict[str, set[str]] = {
         "iam:PassRole",  # the scheduler's role, to EventBridge Scheduler
     },
     # final status and metering; when the workflow lost the ECS task, it looks for it (it never stops one)
-    "FinalizeFunction": TASK_RECORDS | {"ecs:ListTasks", "ecs:DescribeTasks"},
+    # and drops a recorded task definition ECS refuses to run (deregistered)
+    "FinalizeFunction": TASK_RECORDS | {"dynamodb:DeleteItem", "ecs:ListTasks", "ecs:DescribeTasks"},
     # timeout: TIMED_OUT, then find and stop the ECS task (it writes no metering record)
     "StopTaskFunction": {"dynamodb:GetItem", "dynamodb:UpdateItem"} | ECS_FIND_AND_STOP,
     # ECS events carry the ECS task ARN: RUNNING, finalize, stop a task cancelled meanwhile

@@ -159,3 +159,22 @@ def test_without_a_cache_images_are_launched_as_given_and_turning_it_on_changes_
     assert World().execution_input(spec)["task_definition"]["image"] == "python:3.12-slim"
     cached = {"PULL_THROUGH_CACHE_PREFIX": CACHE, "PULL_THROUGH_CACHE_UPSTREAMS": "docker-hub"}
     assert family_of(spec) != family_of(spec, **cached)
+
+
+@pytest.mark.parametrize(
+    ("reason", "unusable"),
+    [
+        ("ECS.ClientException: TaskDefinition is inactive (Service: AmazonECS; Status Code: 400)", True),
+        ("ECS.ClientException: Unable to find task definition 'taskrunner-x86_64-20g-0123:3'", True),
+        ("ECS.ClientException: The specified task definition does not exist.", True),
+        ("ECS.ClientException: Task definition is being deleted", True),
+        ("AmazonECS.Unknown: RunTask returned failures: RESOURCE:ENI", False),
+        ("ECS.AmazonECSException: Rate exceeded", False),
+        ("ECS.InvalidParameterException: No Fargate configuration exists for given values", False),
+        (None, False),
+    ],
+)
+def test_errors_that_name_an_unusable_task_definition_are_recognised(reason, unusable) -> None:
+    from taskrunner.task_definitions import names_an_unusable_task_definition
+
+    assert names_an_unusable_task_definition(reason) is unusable

@@ -61,6 +61,9 @@ class TaskDefinitionCache(Protocol):
     def lookup(self, family: str) -> str | None:
         """The ARN of the task definition the workflow registered for `family` and recorded, if there is one."""
 
+    def forget(self, family: str) -> None:
+        """Drop `family`'s recorded task definition: ECS will not run it any more (deregistered or deleted)."""
+
 
 class Orchestrator(Protocol):
     def start(self, name: str, execution_input: dict[str, Any]) -> str:

@@ -40,7 +40,7 @@ from taskrunner.models import (
 from taskrunner.observation import TaskObservation
 from taskrunner.ports import Compute, LogReader, Orchestrator, TaskDefinitionCache, TaskStore
 from taskrunner.settings import Settings
-from taskrunner.task_definitions import launch_image, task_definition_family
+from taskrunner.task_definitions import launch_image, names_an_unusable_task_definition, task_definition_family
 
 CANCEL_REASON = "Cancelled by user"
 MAX_USAGE_DAYS = 366
@@ -397,7 +397,12 @@ class TaskService:
         its ECS task reports STOPPED. So is a task that may have an ECS task nobody has observed (RunTask was
         called, but the workflow ended without the task's description): metering it 0 now would block the
         real record, so its ECS task's STOPPED event meters it, or the reconciler does after asking ECS.
-        `launched=False` is the caller's word (the reconciler's, after looking) that no ECS task exists."""
+        `launched=False` is the caller's word (the reconciler's, after looking) that no ECS task exists.
+
+        An error saying ECS will not run the task's recorded task definition (someone deregistered it) drops that
+        record, so that the family's next task registers a new revision instead of failing the same way."""
+        if outcome is Outcome.ERROR and self.task_definitions and names_an_unusable_task_definition(reason):
+            self.task_definitions.forget(task_definition_family(self.settings, self._reload(task_id).spec))
         for _ in range(_MAX_RACE_RETRIES):
             task = self._reload(task_id)
             if task.metering is not None:

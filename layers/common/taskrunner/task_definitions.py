@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -101,3 +102,22 @@ class DynamoTaskDefinitionCache:
             return None
         arn = (item or {}).get(TASK_DEFINITION_ARN_ATTRIBUTE, {}).get("S")
         return str(arn) if arn else None
+
+    def forget(self, family: str) -> None:
+        """Drop `family`'s recorded revision (ECS no longer runs it): the next task of the family registers anew."""
+        try:
+            self.ddb.delete_item(TableName=self.table, Key=task_definition_key(family))
+        except ClientError as exc:
+            logger.warning("could not forget a task definition", family=family, error=str(exc))
+
+
+#: What ECS says when RunTask names a revision it will not run any more (deregistered: INACTIVE, or deleted).
+_UNUSABLE_TASK_DEFINITION = re.compile(
+    r"task ?definition (is inactive|.*(not found|does not exist|is being deleted))|unable to find task ?definition",
+    re.IGNORECASE,
+)
+
+
+def names_an_unusable_task_definition(reason: str | None) -> bool:
+    """Whether a workflow error's reason says that the task definition itself cannot be run."""
+    return bool(reason and _UNUSABLE_TASK_DEFINITION.search(reason))
