@@ -11,8 +11,9 @@ SAM_PATH := PATH=$(PY313):$$PATH
 CHECKOV_VENV := .tools/checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
 SCHEMATHESIS_VENV := .tools/schemathesis
+ENGINE_READY := .taskrunner/engine/.ready
 
-.PHONY: help run demo bench venv sam-cli checkov-cli schemathesis-cli test test-fast lint typecheck cfn-lint checkov schemathesis validate build events clean
+.PHONY: help run demo bench venv engine images sam-cli checkov-cli schemathesis-cli test test-fast lint typecheck cfn-lint checkov schemathesis validate build events clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -44,13 +45,22 @@ venv: $(VENV)/.installed ## create the virtual environment with pinned dependenc
 	.tools/$*/bin/pip install --quiet -r $<
 	touch $@
 
+# The container engine runs with the project's own configuration and image store, under .taskrunner/engine/.
+$(ENGINE_READY): taskrunner_local/engine.py
+	$(PYTHON) -m taskrunner_local.engine
+
+engine: $(ENGINE_READY) ## install Podman (Debian packages, as root) and write the project's engine configuration
+
+images: engine ## build the offline task images (busybox, Python 3.13) into the project's image store, once
+	$(PYTHON) -m taskrunner_local.images
+
 sam-cli: $(SAM_VENV)/.installed ## install SAM CLI in its own tool environment (it pins an older boto3)
 
 checkov-cli: $(CHECKOV_VENV)/.installed ## install checkov in its own tool environment (its dependencies clash with ours)
 
 schemathesis-cli: $(SCHEMATHESIS_VENV)/.installed ## install schemathesis in its own tool environment (it pins its own hypothesis)
 
-test: venv sam-cli checkov-cli schemathesis-cli ## run lint, type checks and every test (unit, integration, template, packaging)
+test: venv engine images sam-cli checkov-cli schemathesis-cli ## run lint, type checks and every test (unit, integration, template, packaging)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
