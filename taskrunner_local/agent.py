@@ -1,11 +1,14 @@
-"""The local Fargate agent: runs every ECS task started in the emulator as a local process.
+"""The local Fargate agent: runs every ECS task started in the emulator, as a local process (process mode, the
+default) or as an OCI container of its image (container mode, `containers.py`).
 
 It behaves like Fargate where a user can see it (DESIGN §3): the lifecycle timestamps, `lastStatus`,
 `stopCode`, `stoppedReason` and container `exitCode`/`reason`; the memory limit (exit 137, reason
 `OutOfMemoryError…`); StopTask as SIGTERM to every process of the task, then SIGKILL after the stop timeout; a
 command that cannot start as `TaskFailedToStart`; stdout and stderr into the task's awslogs stream the way the
-awslogs driver writes them; "ECS Task State Change" events to EventBridge; and no process left behind. The
-image is recorded, not pulled: the command runs on the host, in a fresh working directory.
+awslogs driver writes them; "ECS Task State Change" events to EventBridge; and no process left behind. That
+lifecycle is shared by both modes; a `Launcher` only gets a task's image ready, starts its essential container
+and stops it. In process mode the image is recorded, not pulled: the command runs on the host, in a fresh working
+directory.
 
 As on ECS, the task stops when its essential container's main process exits, and then every process of the
 task dies: a daemon it left (`setsid`, a double fork) neither keeps the task running nor survives it. The
@@ -30,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from taskrunner_local.aws_inside import AwsInside, iso_timestamp
 from taskrunner_local.limits import LimitsFactory, TaskLimits
@@ -75,10 +78,16 @@ def _camel(value: Any) -> Any:
 
 
 @dataclass
-class _Launch:
+class Launch:
     """What the agent needs to run one ECS task, resolved from its task definition and overrides."""
 
+    #: the entry point and command together (what process mode runs), None when neither is given
     command: list[str] | None
+    image: str
+    #: the container definition's entryPoint ([]: the image's own)
+    entry_point: list[str]
+    #: the overridden command, else the container definition's (None: the image's CMD)
+    arguments: list[str] | None
     environment: dict[str, str]
     cpu_units: int
     memory_mib: int
@@ -87,6 +96,67 @@ class _Launch:
     log_stream: str | None
     stop_timeout: float
     container_name: str
+    #: linuxParameters.initProcessEnabled: an init process is PID 1 and forwards signals to the command
+    init_process: bool = False
+
+
+class StartError(Exception):
+    """The task cannot start (its stop code is TaskFailedToStart); the message is its stoppedReason."""
+
+
+class Execution(Protocol):
+    """One started task, as the agent supervises it."""
+
+    #: the host process whose stdout and stderr carry the task's output and whose exit ends the task
+    process: subprocess.Popen[bytes]
+
+    def terminate(self) -> None:
+        """StopTask: SIGTERM to the task now (the agent calls `kill_all` once the stop timeout runs out)."""
+
+    def kill_all(self) -> bool:
+        """SIGKILL every process of the task; True when none is left."""
+
+    def leftovers(self) -> list[str]:
+        """What of the task could not be killed (for the agent's log)."""
+
+    def exit_status(self, returncode: int) -> tuple[int, bool]:
+        """The essential container's exit code and whether it was killed for memory, once `process` exited
+        with `returncode`."""
+
+    def close(self) -> bool:
+        """Kill and remove whatever is left of the task; True when nothing was left behind."""
+
+
+class Launcher(Protocol):
+    """How the agent runs tasks: as host processes (`ProcessLauncher`) or containers (`containers.py`)."""
+
+    mode: str
+
+    def describe(self) -> str:
+        """One line for the banner: how tasks run."""
+
+    def prepare(self, launch: Launch) -> None:
+        """Get the task's image ready (between pullStartedAt and pullStoppedAt); raises StartError."""
+
+    def start(self, task: Any, launch: Launch) -> Execution:
+        """Start the task's essential container; raises StartError when it cannot start."""
+
+    def kill_leftovers(self, task: Any) -> bool:
+        """Kill what a previous agent left running of `task`; True when nothing is left."""
+
+    def shutdown(self) -> None:
+        """The stack stops: remove whatever of this launcher's tasks is still there."""
+
+
+def ecs_environment(launch: Launch, region: str) -> dict[str, str]:
+    """The variables Fargate gives a task's container, then the task's own (which win)."""
+    return {
+        "AWS_REGION": region,
+        "AWS_DEFAULT_REGION": region,
+        "AWS_EXECUTION_ENV": "AWS_ECS_FARGATE",
+        "ECS_CONTAINER_NAME": launch.container_name,
+        **launch.environment,
+    }
 
 
 @dataclass
@@ -96,11 +166,9 @@ class _RunningTask:
     stop_requested: threading.Event = field(default_factory=threading.Event)
     stop_reason: str | None = None
     stop_requested_at: datetime | None = None
-    process: subprocess.Popen[bytes] | None = None
+    execution: Execution | None = None
     thread: threading.Thread | None = None
     stop_timeout: float = 30.0
-    limits: TaskLimits | None = None
-    workdir: Path | None = None
     shipper: _LogShipper | None = None
     #: when (monotonic) every process of a task that was asked to stop gets SIGKILL
     kill_at: float | None = None
@@ -294,6 +362,98 @@ class _LogShipper:
         self.lost += len(batch)
 
 
+class _ProcessExecution:
+    """A task running as a host process, in its own cgroups (see `limits.py`) and working directory."""
+
+    def __init__(self, process: subprocess.Popen[bytes], limits: TaskLimits, workdir: Path) -> None:
+        self.process = process
+        self.limits = limits
+        self.workdir = workdir
+
+    def terminate(self) -> None:
+        self.limits.signal_all(signal.SIGTERM)
+
+    def kill_all(self) -> bool:
+        return self.limits.kill_all()
+
+    def leftovers(self) -> list[str]:
+        return [str(pid) for pid in self.limits.processes()]
+
+    def exit_status(self, returncode: int) -> tuple[int, bool]:
+        return (128 - returncode if returncode < 0 else returncode), self.limits.oom_killed()
+
+    def close(self) -> bool:
+        try:
+            for pipe in (self.process.stdout, self.process.stderr):
+                if pipe is not None:
+                    pipe.close()
+            return self.limits.close()
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class ProcessLauncher:
+    """Process mode: the task's command runs on the host, in a fresh working directory and its own cgroups; the
+    image is recorded, not pulled. Only the fallback where no container engine works: no isolation from the host."""
+
+    mode = "process"
+
+    def __init__(self, work_dir: Path, region: str, limits: LimitsFactory) -> None:
+        self.work_dir = work_dir
+        self.region = region
+        self.limits = limits
+
+    def describe(self) -> str:
+        return f"host processes (process mode, {self.limits.kind} limits; images are not pulled, no isolation)"
+
+    def prepare(self, launch: Launch) -> None:
+        if not launch.command:
+            raise StartError(
+                "CannotStartContainerError: the task has no command; local process mode runs only tasks with a command"
+            )
+
+    def start(self, task: Any, launch: Launch) -> Execution:
+        workdir = Path(tempfile.mkdtemp(prefix=f"task-{task.id}-", dir=self.work_dir))
+        limits: TaskLimits | None = None
+        try:
+            limits = self.limits.for_task(task.id, launch.memory_mib * 1024 * 1024, launch.cpu_units / 1024)
+            environment = {k: os.environ[k] for k in PASSED_HOST_VARIABLES if k in os.environ}
+            environment["HOME"] = str(workdir)
+            environment.update(ecs_environment(launch, self.region))
+            environment.update(limits.environment())
+            assert launch.command
+            try:
+                process = subprocess.Popen(
+                    launch.command,
+                    cwd=workdir,
+                    env=environment,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    bufsize=0,
+                    start_new_session=True,
+                    preexec_fn=limits.enter,  # noqa: PLW1509 - only writes our pid into the task's cgroups
+                )
+            except Exception as exc:  # not found, not executable, a NUL byte in an argument or variable, …
+                raise StartError(f"CannotStartContainerError: {exc}") from exc
+        except BaseException:
+            try:
+                if limits is not None:
+                    limits.close()
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        task.local_process_group = process.pid  # lets a restarted agent find what this one left running
+        limits.started(process.pid)
+        return _ProcessExecution(process, limits, workdir)
+
+    def kill_leftovers(self, task: Any) -> bool:
+        return self.limits.kill_leftovers(task.id, getattr(task, "local_process_group", None))
+
+    def shutdown(self) -> None:
+        """Every task's processes were killed by its own thread."""
+
+
 class FargateAgent:
     def __init__(
         self,
@@ -304,12 +464,15 @@ class FargateAgent:
         max_running_tasks: int = 64,
         region: str = "us-east-1",
         on_log: Callable[[str], None] | None = None,
+        launcher: Launcher | None = None,
     ) -> None:
         self.aws = aws
         self.work_dir = work_dir
         self.default_stop_timeout = stop_timeout_seconds
         self.region = region
+        #: process mode's cgroups
         self.limits = LimitsFactory()
+        self.launcher: Launcher = launcher or ProcessLauncher(work_dir, region, self.limits)
         self.on_log = on_log or (lambda line: None)
         self._slots = threading.BoundedSemaphore(max_running_tasks)
         self._running: dict[str, _RunningTask] = {}
@@ -339,12 +502,12 @@ class FargateAgent:
         running.stop_requested.set()
         task.stopping_at = running.stop_requested_at
         task.stop_code = "UserInitiated"
-        if running.process is not None and running.process.poll() is None:
+        if running.execution is not None and running.execution.process.poll() is None:
             self._terminate(running)
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _resolve(self, running: _RunningTask) -> _Launch:
+    def _resolve(self, running: _RunningTask) -> Launch:
         task = running.task
         definition = running.backend.describe_task_definition(task.task_definition_arn)
         containers = [_camel(c) for c in definition.container_definitions]
@@ -363,8 +526,11 @@ class FargateAgent:
         storage = (overrides.get("ephemeralStorage") or _camel(definition.ephemeral_storage or {}) or {}).get(
             "sizeInGiB", 20
         )
-        return _Launch(
+        return Launch(
             command=[*entry_point, *command] if command or entry_point else None,
+            image=container.get("image") or "",
+            entry_point=list(entry_point),
+            arguments=list(command) if command else None,
             environment=environment,
             cpu_units=int(overrides.get("cpu") or definition.cpu or 256),
             memory_mib=int(overrides.get("memory") or definition.memory or 512),
@@ -373,6 +539,7 @@ class FargateAgent:
             log_stream=f"{prefix}/{container['name']}/{task.id}" if log_group and prefix else None,
             stop_timeout=float(container.get("stopTimeout") or self.default_stop_timeout),
             container_name=container["name"],
+            init_process=bool((container.get("linuxParameters") or {}).get("initProcessEnabled")),
         )
 
     def _run(self, running: _RunningTask) -> None:
@@ -412,54 +579,26 @@ class FargateAgent:
             self._emit(task)
             self._start_and_wait(running, launch)
 
-    def _start_and_wait(self, running: _RunningTask, launch: _Launch) -> None:
+    def _start_and_wait(self, running: _RunningTask, launch: Launch) -> None:
         task = running.task
-        task.pull_started_at = _now()  # process mode: the image is recorded, not pulled
-        task.pull_stopped_at = _now()
-        if not launch.command:
-            self._finish(
-                running,
-                stop_code="TaskFailedToStart",
-                reason="CannotStartContainerError: the task has no command; local process mode runs only "
-                "tasks with a command",
-            )
-            return
-        running.workdir = workdir = Path(tempfile.mkdtemp(prefix=f"task-{task.id}-", dir=self.work_dir))
-        running.limits = limits = self.limits.for_task(
-            task.id, launch.memory_mib * 1024 * 1024, launch.cpu_units / 1024
-        )
-        running.shipper = shipper = _LogShipper(self.aws, launch.log_group, launch.log_stream)
-        environment = {k: os.environ[k] for k in PASSED_HOST_VARIABLES if k in os.environ}
-        environment.update(
-            HOME=str(workdir),
-            AWS_REGION=self.region,
-            AWS_DEFAULT_REGION=self.region,
-            AWS_EXECUTION_ENV="AWS_ECS_FARGATE",
-            ECS_CONTAINER_NAME=launch.container_name,
-        )
-        environment.update(launch.environment)
-        environment.update(limits.environment())
+        task.pull_started_at = _now()
         try:
-            process = subprocess.Popen(
-                launch.command,
-                cwd=workdir,
-                env=environment,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                bufsize=0,
-                start_new_session=True,
-                preexec_fn=limits.enter,  # noqa: PLW1509 - only writes our pid into the task's cgroups
-            )
-        except Exception as exc:  # not found, not executable, a NUL byte in an argument or variable, …
-            shipper.line(f"CannotStartContainerError: {exc}")
-            self._finish(
-                running, stop_code="TaskFailedToStart", reason=f"CannotStartContainerError: {exc}", shipper=shipper
-            )
+            self.launcher.prepare(launch)
+        except StartError as exc:
+            task.pull_stopped_at = _now()
+            self._finish(running, stop_code="TaskFailedToStart", reason=str(exc))
             return
-        running.process = process
-        task.local_process_group = process.pid  # lets a restarted agent find what this one left running
-        limits.started(process.pid)
+        task.pull_stopped_at = _now()
+        if running.stop_requested.is_set():
+            self._finish(running, stop_code="UserInitiated", reason=running.stop_reason)
+            return
+        running.shipper = shipper = _LogShipper(self.aws, launch.log_group, launch.log_stream)
+        try:
+            running.execution = execution = self.launcher.start(task, launch)
+        except StartError as exc:
+            shipper.line(str(exc))
+            self._finish(running, stop_code="TaskFailedToStart", reason=str(exc), shipper=shipper)
+            return
         task.started_at = _now()
         task._status = "RUNNING"
         for container in task.containers:
@@ -467,11 +606,10 @@ class FargateAgent:
         self._emit(task)
         if running.stop_requested.is_set():
             self._terminate(running)
-        returncode = self._supervise(running, process, limits, shipper)
+        returncode = self._supervise(running, execution, shipper)
         if self._detached:
             return
-        exit_code = 128 - returncode if returncode < 0 else returncode
-        oom = limits.oom_killed()
+        exit_code, oom = execution.exit_status(returncode)
         for container in task.containers:
             container.exitCode = exit_code
             container.reason = OOM_REASON if oom else None
@@ -485,12 +623,11 @@ class FargateAgent:
                 shipper=shipper,
             )
 
-    def _supervise(
-        self, running: _RunningTask, process: subprocess.Popen[bytes], limits: TaskLimits, shipper: _LogShipper
-    ) -> int:
+    def _supervise(self, running: _RunningTask, execution: Execution, shipper: _LogShipper) -> int:
         """Pump the task's output into its log stream until its main process exits; then kill every other
         process of the task (ECS: the task stops with its essential container's main process), read what is
         left in the pipes for a bounded time, and close them. Returns the main process's return code."""
+        process = execution.process
         assert process.stdout is not None and process.stderr is not None
         streams = {process.stdout.fileno(): _LineSplitter(), process.stderr.fileno(): _LineSplitter()}
         poller = select.poll()
@@ -508,12 +645,12 @@ class FargateAgent:
                 self._pump(poller, streams, shipper, timeout)
                 if running.kill_at is not None and time.monotonic() >= running.kill_at and process.poll() is None:
                     running.kill_at = None
-                    limits.kill_all()  # the stop timeout ran out: SIGKILL to every process of the task
+                    execution.kill_all()  # the stop timeout ran out: SIGKILL to every process of the task
             if pidfd is not None:
                 poller.unregister(pidfd)  # stays readable from now on
             if not self._detached:  # a replaced agent leaves the task to the one that replaced it
                 running.task.execution_stopped_at = _now()
-                self._kill_task_processes(running, limits)
+                self._kill_task_processes(running, execution)
             deadline = time.monotonic() + LOG_DRAIN_SECONDS
             while streams and (remaining := deadline - time.monotonic()) > 0:
                 self._pump(poller, streams, shipper, remaining)
@@ -527,9 +664,9 @@ class FargateAgent:
                 os.close(pidfd)
         return returncode
 
-    def _kill_task_processes(self, running: _RunningTask, limits: TaskLimits) -> None:
-        if not limits.kill_all():
-            self.on_log(f"some processes of {running.task.task_arn} could not be killed: {limits.processes()}")
+    def _kill_task_processes(self, running: _RunningTask, execution: Execution) -> None:
+        if not execution.kill_all():
+            self.on_log(f"some processes of {running.task.task_arn} could not be killed: {execution.leftovers()}")
 
     @staticmethod
     def _pump(
@@ -557,15 +694,8 @@ class FargateAgent:
                 return
             running.terminated = True
         running.kill_at = time.monotonic() + running.stop_timeout
-        if running.limits is not None:
-            running.limits.signal_all(signal.SIGTERM)
-        elif running.process is not None:
-            self._kill_group(running.process.pid, signal.SIGTERM)
-
-    @staticmethod
-    def _kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, sig)
+        if running.execution is not None:
+            running.execution.terminate()
 
     def _fail(self, running: _RunningTask, error: Exception) -> None:
         """An error of the agent itself: kill the task's processes and settle the task, as a start failure
@@ -573,13 +703,10 @@ class FargateAgent:
         task = running.task
         if self._detached or task._status == "STOPPED":
             return
-        if running.limits is not None:
-            self._kill_task_processes(running, running.limits)
-        elif running.process is not None:
-            self._kill_group(running.process.pid)
-        if running.process is not None:
+        if running.execution is not None:
+            self._kill_task_processes(running, running.execution)
             with contextlib.suppress(Exception):
-                running.process.wait(timeout=5)  # reaped, not left a zombie
+                running.execution.process.wait(timeout=5)  # reaped, not left a zombie
         if getattr(task, "started_at", None) is None:
             self._finish(
                 running,
@@ -603,22 +730,18 @@ class FargateAgent:
         )
 
     def _clean_up(self, running: _RunningTask) -> None:
-        """On every path out of a task's thread: no process, cgroup, directory or pipe of it is left."""
+        """On every path out of a task's thread: no process, cgroup, container, directory or pipe of it is left."""
         task = running.task
         try:
-            if running.process is not None:
-                for pipe in (running.process.stdout, running.process.stderr):
-                    if pipe is not None:
-                        pipe.close()
-            if running.limits is not None and not running.limits.close():
-                self.on_log(f"some processes of {task.task_arn} outlived it: {running.limits.processes()}")
-            if running.shipper is not None and not running.shipper.closed:
-                running.shipper.close()
+            try:
+                if running.execution is not None and not running.execution.close():
+                    self.on_log(f"some processes of {task.task_arn} outlived it: {running.execution.leftovers()}")
+            finally:
+                if running.shipper is not None and not running.shipper.closed:
+                    running.shipper.close()
         except Exception as exc:
             self.on_log(f"could not clean up after {task.task_arn}: {exc!r}")
         finally:
-            if running.workdir is not None:
-                shutil.rmtree(running.workdir, ignore_errors=True)
             if not self._detached:
                 with self._lock:
                     self._running.pop(task.task_arn, None)
@@ -691,7 +814,7 @@ class FargateAgent:
                     ours = arn in self._running
                 if ours or task._status == "STOPPED":
                     continue
-                if not self.limits.kill_leftovers(task.id, getattr(task, "local_process_group", None)):
+                if not self.launcher.kill_leftovers(task):
                     self.on_log(f"some processes of the orphaned task {arn} could not be killed")
                 started = getattr(task, "started_at", None) is not None
                 if started:
@@ -709,10 +832,10 @@ class FargateAgent:
         with self._lock:
             running = list(self._running.values())
         for task in running:
-            if task.limits is not None:
-                task.limits.kill_all()
-            elif task.process is not None:
-                self._kill_group(task.process.pid)
+            if task.execution is not None:
+                with contextlib.suppress(Exception):
+                    task.execution.kill_all()
         for task in running:
             if task.thread is not None:
                 task.thread.join(timeout=5)
+        self.launcher.shutdown()

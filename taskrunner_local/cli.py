@@ -11,8 +11,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from taskrunner_local.config import LocalConfig
-from taskrunner_local.stack import LocalStack
+from taskrunner_local.config import AGENT_MODES, LocalConfig
+from taskrunner_local.images import PYTHON_IMAGE
+from taskrunner_local.stack import EngineUnavailable, LocalStack
 
 
 def free_port() -> int:
@@ -39,14 +40,18 @@ def banner(stack: LocalStack) -> str:
     port = stack.config.api_port
     region = stack.config.region
     table = deployment.outputs.get("TasksTableName")
+    assert stack.agent is not None
+    # process mode records the image without pulling it; container mode finds no registry offline
+    image = PYTHON_IMAGE if stack.agent.launcher.mode == "container" else "python:3.12-slim"
     return f"""
 taskrunner is up (stack {deployment.stack_name}, everything on this machine)
 
   API            {api}          reference: {api}/docs   OpenAPI: {api}/openapi.json
   AWS endpoint   {endpoint}
+  Tasks run as   {stack.agent.launcher.describe()}
 
 Run a task:
-  curl -X POST localhost:{port}/tasks -d '{{"image":"python:3.12-slim","command":["sh","-c","echo hi"]}}'
+  curl -X POST localhost:{port}/tasks -d '{{"image":"{image}","command":["sh","-c","echo hi"]}}'
   curl localhost:{port}/tasks/<task_id>
   curl localhost:{port}/tasks/<task_id>/logs
 
@@ -71,11 +76,17 @@ def up(config: LocalConfig) -> int:
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
-    print("starting the local stack…", flush=True)
-    with LocalStack(config) as stack:
+    print(f"starting the local stack (agent mode: {config.agent_mode})…", flush=True)
+    try:
+        stack = LocalStack(config).start()
+    except EngineUnavailable as error:
+        sys.exit(f"error: {error}")
+    try:
         print(banner(stack), flush=True)
         stopping.wait()
         print("\nstopping…", flush=True)
+    finally:
+        stack.stop()
     print("stopped; no task process is left running.")
     return 0
 
@@ -102,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     up_parser = actions.add_parser("up", help="start everything and serve the API until Ctrl-C")
     up_parser.add_argument("--api-port", type=int, help="default $TASKRUNNER_API_PORT or 3000")
     up_parser.add_argument("--aws-port", type=int, help="default $TASKRUNNER_AWS_PORT or 4566")
+    up_parser.add_argument(
+        "--agent-mode",
+        choices=AGENT_MODES,
+        help="run tasks as host processes or as containers (needs `make engine images`); "
+        "default $TASKRUNNER_AGENT_MODE or process",
+    )
     actions.add_parser("demo", help="a one-command tour: run a task that succeeds, one that fails, one cancelled")
     invoke_parser = actions.add_parser("invoke", help="invoke one function on an event, like `sam local invoke`")
     invoke_parser.add_argument("function", help="the function's logical id in template.yaml, e.g. ApiFunction")
@@ -112,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "up":
         config.api_port = args.api_port or config.api_port
         config.aws_port = args.aws_port or config.aws_port
+        config.agent_mode = args.agent_mode or config.agent_mode
         return up(config)
     if args.action == "invoke":
         config.echo_function_logs = True

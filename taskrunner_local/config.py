@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+#: how the local Fargate agent runs tasks: host processes, or OCI containers through Podman or Docker
+AGENT_MODES = ("process", "container")
 
 
 def _int(name: str, default: int) -> int:
@@ -45,6 +47,13 @@ class LocalConfig:
     )
     #: print each Lambda invocation's own log lines on the console
     echo_function_logs: bool = field(default_factory=lambda: os.environ.get("TASKRUNNER_QUIET", "") == "")
+    #: `process` (the default for now) or `container` (needs a container engine: `make engine images`)
+    agent_mode: str = field(default_factory=lambda: os.environ.get("TASKRUNNER_AGENT_MODE") or "process")
+
+    def __post_init__(self) -> None:
+        if self.agent_mode not in AGENT_MODES:
+            modes = ", ".join(AGENT_MODES)
+            raise ValueError(f"agent mode {self.agent_mode!r} is none of {modes} (TASKRUNNER_AGENT_MODE)")
 
     @property
     def aws_endpoint(self) -> str:

@@ -11,15 +11,25 @@ from pathlib import Path
 from typing import Any
 
 from taskrunner_local import moto_patches
-from taskrunner_local.agent import FargateAgent
+from taskrunner_local.agent import FargateAgent, Launcher
 from taskrunner_local.aws_inside import AwsInside
 from taskrunner_local.aws_server import AwsServer, EndpointSession
 from taskrunner_local.config import LocalConfig
+from taskrunner_local.containers import ContainerLauncher
 from taskrunner_local.deploy import Deployer, Deployment
+from taskrunner_local.engine import Engine
 from taskrunner_local.gateway import Gateway
 from taskrunner_local.runtime import FunctionSpec, LambdaRuntime
 from taskrunner_local.sam import SamApp
 from taskrunner_local.scheduler import SchedulerTicker
+
+
+class EngineUnavailable(RuntimeError):
+    """Container mode was asked for and no container engine works: the stack does not start."""
+
+
+def _agent_log(line: str) -> None:
+    print(f"[agent] {line}", flush=True)
 
 
 class LocalStack:
@@ -34,6 +44,7 @@ class LocalStack:
         self.ticker: SchedulerTicker | None = None
         self._work_dir: Path | None = None
         self._own_work_dir = False
+        self._engine: Engine | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -46,6 +57,11 @@ class LocalStack:
             self._work_dir = config.work_dir
             self._work_dir.mkdir(parents=True, exist_ok=True)
         try:
+            if config.agent_mode == "container":
+                self._engine = Engine.detect()
+                if self._engine is None:
+                    why = Engine.why_not()
+                    raise EngineUnavailable(f"container mode needs a container engine and none works: {why}")
             self.aws.start()
             self.session = EndpointSession(config)
             app = SamApp(config.root / "template.yaml")
@@ -86,13 +102,23 @@ class LocalStack:
     def _start_agent(self) -> None:
         assert self.session is not None and self._work_dir is not None
         config = self.config
+        launcher: Launcher | None = None
+        if self._engine is not None:
+            launcher = ContainerLauncher(
+                self._engine,
+                stack_name=config.stack_name,
+                region=config.region,
+                work_dir=self._work_dir / "containers",
+                on_log=_agent_log,
+            )
         self.agent = FargateAgent(
             AwsInside(config.account, config.region),
             work_dir=self._work_dir / "tasks",
             stop_timeout_seconds=config.stop_timeout_seconds,
             max_running_tasks=config.max_running_tasks,
             region=config.region,
-            on_log=lambda line: print(f"[agent] {line}", flush=True),
+            on_log=_agent_log,
+            launcher=launcher,
         )
         moto_patches.HOOKS.on_run_task = self.agent.on_run_task
         moto_patches.HOOKS.on_stop_task = self.agent.on_stop_task

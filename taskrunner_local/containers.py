@@ -1,0 +1,276 @@
+"""Container mode of the local Fargate agent: each ECS task runs as one OCI container of its task definition's
+image, through the project's Podman or a Docker engine (`engine.py`), with one code path for both.
+
+The task's lifecycle (timestamps, states, events, log shipping) is the agent's (`agent.py`); this module gets the
+image, creates and starts the container, stops it and removes it. Each container has the task's memory (no swap
+beyond it), CPU and process limits, no host mount and none of the host's environment, and a network that reaches
+out but not the host's 127.0.0.1, where the stack's endpoints listen. Its labels name the stack and the ECS task,
+so that a restarted agent and the stack's shutdown find them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from taskrunner_local.agent import Execution, Launch, StartError, ecs_environment
+from taskrunner_local.engine import Engine
+from taskrunner_local.limits import TASK_PIDS_MAX
+
+STACK_LABEL = "io.taskrunner.stack"
+TASK_ARN_LABEL = "io.taskrunner.ecs-task-arn"
+#: Engine commands that only look or change state; a pull may take longer.
+ENGINE_TIMEOUT_SECONDS = 60.0
+PULL_TIMEOUT_SECONDS = 600.0
+#: How long the agent waits for the engine to remove a container before it reports it left behind.
+REMOVE_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class _Dialect:
+    """Where podman and docker differ for the agent."""
+
+    #: outbound traffic works, the host's 127.0.0.1 is out of reach (podman: no allow_host_loopback)
+    network: str
+    #: podman 4.3's conmon writes the container's `oom` marker into the working directory of the podman command
+    #: that creates the runtime container, while podman reads it from the container's static directory: that
+    #: command (`init`) runs there. Docker's daemon needs neither.
+    init_in_static_dir: bool
+    #: removes containers at once (podman's `rm -f` first waits out a stop timeout), and quietly when gone
+    remove: tuple[str, ...]
+
+
+_DIALECTS = {
+    "podman": _Dialect(network="slirp4netns", init_in_static_dir=True, remove=("rm", "-f", "-t", "0", "--ignore")),
+    "docker": _Dialect(network="bridge", init_in_static_dir=False, remove=("rm", "-f")),
+}
+
+
+def stack_label(stack_name: str) -> str:
+    """The label every container of the stack `stack_name` carries (`--filter label=…` finds them)."""
+    return f"{STACK_LABEL}={stack_name}"
+
+
+def _said(done: subprocess.CompletedProcess[str]) -> str:
+    """What a failed engine command said: its last line of error output."""
+    lines = (done.stderr or done.stdout or "").strip().splitlines()
+    return lines[-1].removeprefix("Error: ") if lines else f"exit status {done.returncode}"
+
+
+class ContainerExecution:
+    """One task's container, attached to (`process` is the engine's `start --attach`, which carries its output)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        dialect: _Dialect,
+        container_id: str,
+        process: subprocess.Popen[bytes],
+        stop_timeout: float,
+    ) -> None:
+        self.engine = engine
+        self.dialect = dialect
+        self.container_id = container_id
+        self.process = process
+        self.stop_timeout = stop_timeout
+        self._stopping: subprocess.Popen[bytes] | None = None
+
+    def terminate(self) -> None:
+        """`stop -t`: SIGTERM to the container's main process, SIGKILL after the stop timeout (the agent also
+        kills it once that timeout runs out, should the engine's stop not)."""
+        self._stopping = subprocess.Popen(
+            self.engine.command("stop", "-t", str(math.ceil(self.stop_timeout)), self.container_id),
+            env=self.engine.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def kill_all(self) -> bool:
+        # Once the main process (PID 1 of the container's namespace) has exited, the kernel has killed every
+        # other process of the container, and the attached engine command has returned.
+        if self.process.poll() is not None:
+            return True
+        killed = self.engine.run("kill", "--signal", "KILL", self.container_id, timeout=ENGINE_TIMEOUT_SECONDS)
+        return killed.returncode == 0 or self.process.poll() is not None
+
+    def leftovers(self) -> list[str]:
+        listed = self.engine.run("ps", "-a", "-q", "--filter", f"id={self.container_id}")
+        return [f"container {line}" for line in listed.stdout.split()]
+
+    def exit_status(self, returncode: int) -> tuple[int, bool]:
+        inspected = self.engine.run(
+            "inspect", "--format", "{{.State.ExitCode}} {{.State.OOMKilled}}", self.container_id
+        )
+        exit_code, _, oom = inspected.stdout.strip().partition(" ")
+        if inspected.returncode != 0 or not exit_code.lstrip("-").isdigit():
+            raise RuntimeError(f"could not inspect container {self.container_id}: {_said(inspected)}")
+        return int(exit_code), oom == "true"
+
+    def close(self) -> bool:
+        """Remove the container (killing whatever still runs in it) and reap the engine commands."""
+        try:
+            for pipe in (self.process.stdout, self.process.stderr):
+                if pipe is not None:
+                    pipe.close()
+            removed = self.engine.run(*self.dialect.remove, self.container_id, timeout=REMOVE_TIMEOUT_SECONDS)
+            return removed.returncode == 0
+        finally:
+            for process in (self.process, self._stopping):
+                if process is not None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        process.wait(timeout=ENGINE_TIMEOUT_SECONDS)
+
+
+class ContainerLauncher:
+    """Container mode: `prepare` finds or pulls the image, `start` creates, initialises and starts the container."""
+
+    mode = "container"
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        stack_name: str,
+        region: str,
+        work_dir: Path,
+        on_log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.dialect = _DIALECTS.get(engine.name, _DIALECTS["docker"])
+        self.stack_name = stack_name
+        self.region = region
+        self.work_dir = work_dir
+        self.on_log = on_log or (lambda line: None)
+        work_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def label(self) -> str:
+        return stack_label(self.stack_name)
+
+    def describe(self) -> str:
+        return (
+            f"containers (container mode, {self.engine.name} {self.engine.version()}, network {self.dialect.network}: "
+            "no access to the host's 127.0.0.1)"
+        )
+
+    def prepare(self, launch: Launch) -> None:
+        if not launch.image:
+            raise StartError("CannotPullContainerError: the container definition has no image")
+        if self.engine.image_exists(launch.image):
+            return
+        try:
+            pulled = self.engine.run("pull", "--quiet", launch.image, timeout=PULL_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            raise StartError(
+                f"CannotPullContainerError: pulling {launch.image} took longer than {PULL_TIMEOUT_SECONDS:.0f} s"
+            ) from None
+        if pulled.returncode != 0:
+            raise StartError(f"CannotPullContainerError: {_said(pulled)}")
+
+    def start(self, task: Any, launch: Launch) -> Execution:
+        try:
+            created = self.engine.run(*self._create_args(task, launch), timeout=ENGINE_TIMEOUT_SECONDS)
+        except ValueError as exc:  # a NUL byte in an argument or variable
+            raise StartError(f"CannotCreateContainerError: {exc}") from exc
+        if created.returncode != 0:
+            self._remove(self._name(task))
+            raise StartError(f"CannotCreateContainerError: {_said(created)}")
+        container_id = created.stdout.strip().splitlines()[-1]
+        try:
+            return self._start(container_id, launch)
+        except BaseException:
+            self._remove(container_id)
+            raise
+
+    def _start(self, container_id: str, launch: Launch) -> Execution:
+        cwd = self.work_dir
+        if self.dialect.init_in_static_dir:
+            inspected = self.engine.run("inspect", "--format", "{{.StaticDir}}", container_id)
+            if inspected.returncode != 0:
+                raise RuntimeError(f"could not inspect container {container_id}: {_said(inspected)}")
+            cwd = Path(inspected.stdout.strip())
+            # the runtime container is made here, so a command that is not there fails now, before RUNNING
+            initialised = subprocess.run(
+                self.engine.command("init", container_id),
+                env=self.engine.env(),
+                cwd=cwd,
+                capture_output=True,
+                text=True,
+                timeout=ENGINE_TIMEOUT_SECONDS,
+                check=False,
+            )
+            if initialised.returncode != 0:
+                raise StartError(f"CannotStartContainerError: {_said(initialised)}")
+        process = subprocess.Popen(
+            self.engine.command("start", "--attach", container_id),
+            env=self.engine.env(),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+            start_new_session=True,  # a Ctrl-C of `local up` reaches the agent, which stops the containers itself
+        )
+        return ContainerExecution(self.engine, self.dialect, container_id, process, launch.stop_timeout)
+
+    def _create_args(self, task: Any, launch: Launch) -> list[str]:
+        memory = f"{launch.memory_mib}m"
+        args = [
+            "create",
+            "--name",
+            self._name(task),
+            "--label",
+            self.label,
+            "--label",
+            f"{TASK_ARN_LABEL}={task.task_arn}",
+            "--memory",
+            memory,
+            "--memory-swap",
+            memory,
+            "--cpus",
+            f"{launch.cpu_units / 1024:g}",
+            "--pids-limit",
+            str(TASK_PIDS_MAX),
+            "--network",
+            self.dialect.network,
+        ]
+        for name, value in ecs_environment(launch, self.region).items():
+            args += ["--env", f"{name}={value}"]
+        if launch.init_process:
+            args.append("--init")
+        if launch.entry_point:
+            args += ["--entrypoint", json.dumps(launch.entry_point)]
+        return [*args, launch.image, *(launch.arguments or [])]
+
+    @staticmethod
+    def _name(task: Any) -> str:
+        return f"ecs-task-{task.id}"
+
+    def _remove(self, *containers: str) -> bool:
+        if not containers:
+            return True
+        removed = self.engine.run(*self.dialect.remove, *containers, timeout=REMOVE_TIMEOUT_SECONDS)
+        if removed.returncode != 0:
+            self.on_log(f"could not remove containers {' '.join(containers)}: {_said(removed)}")
+        return removed.returncode == 0
+
+    def _labelled(self, label: str) -> list[str]:
+        listed = self.engine.run("ps", "-a", "-q", "--no-trunc", "--filter", f"label={label}")
+        if listed.returncode != 0:
+            raise RuntimeError(f"could not list the containers labelled {label}: {_said(listed)}")
+        return listed.stdout.split()
+
+    def kill_leftovers(self, task: Any) -> bool:
+        return self._remove(*self._labelled(f"{TASK_ARN_LABEL}={task.task_arn}"))
+
+    def shutdown(self) -> None:
+        """Remove every container of this stack, whatever its task's thread managed to do."""
+        self._remove(*self._labelled(self.label))
