@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 
 from taskrunner_local.cli import free_port
 from taskrunner_local.client import TaskRunnerClient
 from taskrunner_local.config import ROOT
 from tests.e2e.test_local_stack import processes_with
+from tests.support.local_tasks import read_banner
 
 
 def test_up_serves_the_api_and_ctrl_c_stops_everything() -> None:
@@ -29,13 +29,7 @@ def test_up_serves_the_api_and_ctrl_c_stops_everything() -> None:
     )
     output: list[str] = []
     try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            output.append(line)
-            if "Ctrl-C stops everything" in line or not line:
-                break
+        output = read_banner(process, timeout=120)
         banner = "".join(output)
         assert f"http://127.0.0.1:{api_port}" in banner and f"http://127.0.0.1:{aws_port}" in banner
         assert f"curl -X POST localhost:{api_port}/tasks" in banner and "AWS_ENDPOINT_URL" in banner

@@ -27,7 +27,7 @@ from taskrunner_local.containers import TASK_ARN_LABEL, stack_label
 from taskrunner_local.engine import Engine
 from taskrunner_local.images import BUSYBOX_IMAGE, PYTHON_IMAGE
 from tests.support.engine import engine_or_skip
-from tests.support.local_tasks import processes_with, wait_until
+from tests.support.local_tasks import UP_BANNER_END, processes_with, read_banner, wait_until
 
 STOP_TIMEOUT_SECONDS = 3
 START_TIMEOUT_SECONDS = 120
@@ -84,15 +84,9 @@ def container_stack() -> Iterator[ContainerStack]:
     label = stack_label(stack_name)
     output: list[str] = []
     try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            output.append(line)
-            if "Ctrl-C stops everything" in line or not line:
-                break
+        output = read_banner(process, timeout=START_TIMEOUT_SECONDS)
         banner = "".join(output)
-        assert "Ctrl-C stops everything" in banner, banner
+        assert UP_BANNER_END in banner, banner
         yield ContainerStack(
             TaskRunnerClient(f"http://127.0.0.1:{api_port}"), api_port, aws_port, engine, label, banner
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,3 +34,20 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+#: the line `taskrunner local up` ends its banner with, once the stack serves
+UP_BANNER_END = "Ctrl-C stops everything"
+
+
+def read_banner(process: subprocess.Popen[str], timeout: float) -> list[str]:
+    """The lines `taskrunner local up` printed up to the end of its banner (or until it exited or `timeout`)."""
+    assert process.stdout is not None
+    output: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        output.append(line)
+        if UP_BANNER_END in line or not line:
+            break
+    return output

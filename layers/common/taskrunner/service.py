@@ -408,11 +408,12 @@ class TaskService:
             if task.metering is not None:
                 return task
             unobserved = (observation is None or observation.ecs_task_arn is None) and launched is not False
-            awaiting_stop = unobserved and self.may_have_launched(task)
-            ecs_task_arn = (
-                self.find_ecs_task(task) if awaiting_stop or (unobserved and outcome is Outcome.ERROR) else None
-            )
-            awaiting_stop = awaiting_stop or ecs_task_arn is not None
+            may_have_launched = self.may_have_launched(task)
+            ecs_task_arn = None
+            if unobserved and (may_have_launched or outcome is Outcome.ERROR):
+                ecs_task_arn = self.find_ecs_task(task)
+            # its ECS task's STOPPED event meters it (or the reconciler, which asks ECS)
+            awaiting_stop = unobserved and (may_have_launched or ecs_task_arn is not None)
             if ecs_task_arn and outcome is Outcome.ERROR and not task.status.terminal:
                 # The workflow lost track of a task that ECS is running or ran: its ECS events finish it.
                 return self._remember_arn(task, ecs_task_arn)
