@@ -58,7 +58,16 @@ sam-cli: $(SAM_VENV)/.installed ## install SAM CLI in its own tool environment (
 
 checkov-cli: $(CHECKOV_VENV)/.installed ## install checkov in its own tool environment (its dependencies clash with ours)
 
-schemathesis-cli: $(SCHEMATHESIS_VENV)/.installed ## install schemathesis in its own tool environment (it pins its own hypothesis)
+# schemathesis runs on Python 3.13: its two workers parse source concurrently, which CPython before 3.13 cannot
+# do safely (python/cpython#106905: "AST constructor recursion depth mismatch", a Runtime Error of the run)
+$(SCHEMATHESIS_VENV)/.installed-py313: requirements-schemathesis.txt
+	rm -rf $(SCHEMATHESIS_VENV)
+	$(PY313)/python3 -m venv $(SCHEMATHESIS_VENV)
+	$(SCHEMATHESIS_VENV)/bin/pip install --quiet --upgrade pip
+	$(SCHEMATHESIS_VENV)/bin/pip install --quiet -r $<
+	touch $@
+
+schemathesis-cli: $(SCHEMATHESIS_VENV)/.installed-py313 ## install schemathesis in its own tool environment (Python 3.13; it pins its own hypothesis)
 
 test: venv engine images sam-cli checkov-cli schemathesis-cli ## run lint, type checks and every test (unit, integration, template, packaging)
 	$(BIN)/ruff check .

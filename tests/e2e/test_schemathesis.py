@@ -122,14 +122,9 @@ def census(stack: LocalStack) -> tuple[dict[str, dict[str, Any]], Counter[str], 
     return tasks, meters, schedules
 
 
-def _path_segment(name: str) -> str:
-    # `.` and `..` are valid schedule names that clients would resolve away as dot segments
-    return "%2E" * len(name) if set(name) == {"."} else quote(name, safe="")
-
-
 def delete_schedules(stack: LocalStack, names: set[str]) -> None:
     for name in names:
-        requests.delete(f"{stack.api_url}/schedules/{_path_segment(name)}", timeout=30)
+        requests.delete(f"{stack.api_url}/schedules/{quote(name, safe='')}", timeout=30)
 
 
 def _command(item: dict[str, Any]) -> list[str] | None:

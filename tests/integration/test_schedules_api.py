@@ -7,6 +7,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import boto3
+import pytest
 
 from tests.integration.conftest import invoke, load_event
 from tests.support.apigw import http_event
@@ -69,6 +70,15 @@ def test_a_unix_cron_is_422_explaining_the_aws_format(stack):
 def test_an_invalid_task_in_a_schedule_is_422_naming_the_task_field(stack):
     status, body, _ = call(http_event("POST", "/schedules", body={**NIGHTLY, "task": {"image": "x", "memory": 4096}}))
     assert status == 422 and body["error"]["details"][0]["field"] == "task.memory"
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_a_name_a_url_path_cannot_carry_is_422(stack, name):
+    """Clients resolve `.` and `..` away as dot segments: such a schedule could be created, never read."""
+    status, body, _ = call(http_event("POST", "/schedules", body={**NIGHTLY, "name": name}))
+    assert status == 422
+    [detail] = body["error"]["details"]
+    assert detail["field"] == "name" and "dot segment" in detail["rule"]
 
 
 def test_a_duplicate_name_is_409(stack):

@@ -91,6 +91,8 @@ def test_nightly_in_berlin_runs_at_three_oclock_berlin_time_across_the_dst_chang
         ({"timezone": "Mars/Olympus"}, "timezone", "Mars/Olympus"),
         ({"task": {"image": "x", "cpu": 256, "memory": 4096}}, "memory", "512, 1024, 2048"),
         ({"name": "has space"}, "name", ""),
+        ({"name": ".."}, "name", "dot segment"),
+        ({"name": "."}, "name", "dot segment"),
         ({"start_date": "2027-01-02T00:00:00Z", "end_date": "2027-01-01T00:00:00Z"}, "end_date", "after"),
         ({"start_date": 0}, "start_date", "ISO-8601"),
         ({"end_date": "0001-01-01T00:00:00+01:00"}, "end_date", "between 0001-01-01 and 9999-12-31"),

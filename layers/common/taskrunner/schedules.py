@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Protocol
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,10 +34,30 @@ from taskrunner.schedule_expressions import (
 )
 from taskrunner.service import TaskService, task_id_at, utcnow
 
+#: names a URL path cannot carry: clients resolve `.` and `..` away as dot segments (RFC 3986 §5.2.4), so GET
+#: /schedules/.. reaches `/`, and such a schedule could be created but never read, changed or deleted
+UNADDRESSABLE_NAMES = frozenset({".", ".."})
+
+
+def _addressable(name: str) -> str:
+    if name in UNADDRESSABLE_NAMES:
+        raise PydanticCustomError(
+            "dot_segment_name",
+            "must not be {name}: clients resolve it away as a URL dot segment, so /schedules/{name} would not reach it",
+            {"name": name},
+        )
+    return name
+
+
 ScheduleName = Annotated[
     str,
     StringConstraints(pattern=r"^[0-9A-Za-z_.-]{1,56}$"),
-    Field(description="1 to 56 letters, digits, '.', '_' or '-'", examples=["nightly"]),
+    AfterValidator(_addressable),
+    Field(
+        description="1 to 56 letters, digits, '.', '_' or '-'; not `.` or `..`",
+        examples=["nightly"],
+        json_schema_extra={"pattern": r"^(?!\.\.?$)[0-9A-Za-z_.-]{1,56}$"},
+    ),
 ]
 
 
