@@ -98,10 +98,29 @@ class Launch:
     container_name: str
     #: linuxParameters.initProcessEnabled: an init process is PID 1 and forwards signals to the command
     init_process: bool = False
+    #: runtimePlatform.cpuArchitecture: X86_64 or ARM64
+    architecture: str = "X86_64"
 
 
 class StartError(Exception):
     """The task cannot start (its stop code is TaskFailedToStart); the message is its stoppedReason."""
+
+
+class ImageNotPresent(StartError):
+    """`start` found the task's image missing: the agent pulls it (`Launcher.pull`) and starts the task again.
+    The message is the stoppedReason should the image still be missing after the pull."""
+
+
+@dataclass(frozen=True)
+class Stray:
+    """Something of this stack a launcher found running that no agent of this process started (a previous agent
+    crashed or was replaced), and the ECS task it belongs to ("" when it does not say)."""
+
+    #: for the agent's log, e.g. "container 0123456789ab"
+    what: str
+    #: what the launcher removes it by
+    key: str
+    task_arn: str
 
 
 class Execution(Protocol):
@@ -138,11 +157,21 @@ class Launcher(Protocol):
     def prepare(self, launch: Launch) -> None:
         """Get the task's image ready (between pullStartedAt and pullStoppedAt); raises StartError."""
 
+    def pull(self, launch: Launch) -> None:
+        """Pull the image `start` found missing (ImageNotPresent); raises StartError."""
+
     def start(self, task: Any, launch: Launch) -> Execution:
-        """Start the task's essential container; raises StartError when it cannot start."""
+        """Start the task's essential container; raises StartError when it cannot start, ImageNotPresent when
+        its image is not there."""
 
     def kill_leftovers(self, task: Any) -> bool:
         """Kill what a previous agent left running of `task`; True when nothing is left."""
+
+    def strays(self) -> list[Stray]:
+        """What of this stack is running or left over, whichever agent started it (the agent leaves out its own)."""
+
+    def remove_stray(self, stray: Stray) -> bool:
+        """Stop and remove `stray`; True when it is gone."""
 
     def shutdown(self) -> None:
         """The stack stops: remove whatever of this launcher's tasks is still there."""
@@ -412,6 +441,16 @@ class ProcessLauncher:
                 "CannotStartContainerError: the task has no command; local process mode runs only tasks with a command"
             )
 
+    def pull(self, launch: Launch) -> None:
+        """Images are not pulled in process mode."""
+
+    def strays(self) -> list[Stray]:
+        """A previous agent's tasks are found from the emulator's tasks (`kill_leftovers`), not listed."""
+        return []
+
+    def remove_stray(self, stray: Stray) -> bool:
+        return True
+
     def start(self, task: Any, launch: Launch) -> Execution:
         workdir = Path(tempfile.mkdtemp(prefix=f"task-{task.id}-", dir=self.work_dir))
         limits: TaskLimits | None = None
@@ -540,6 +579,9 @@ class FargateAgent:
             stop_timeout=float(container.get("stopTimeout") or self.default_stop_timeout),
             container_name=container["name"],
             init_process=bool((container.get("linuxParameters") or {}).get("initProcessEnabled")),
+            architecture=str(
+                _camel(getattr(definition, "runtime_platform", None) or {}).get("cpuArchitecture") or "X86_64"
+            ),
         )
 
     def _run(self, running: _RunningTask) -> None:
@@ -594,7 +636,19 @@ class FargateAgent:
             return
         running.shipper = shipper = _LogShipper(self.aws, launch.log_group, launch.log_stream)
         try:
-            running.execution = execution = self.launcher.start(task, launch)
+            try:
+                running.execution = execution = self.launcher.start(task, launch)
+            except ImageNotPresent:
+                # the image is pulled now: the pull window is this one (no event showed the first)
+                task.pull_started_at = _now()
+                try:
+                    self.launcher.pull(launch)
+                finally:
+                    task.pull_stopped_at = _now()
+                if running.stop_requested.is_set():
+                    self._finish(running, stop_code="UserInitiated", reason=running.stop_reason, shipper=shipper)
+                    return
+                running.execution = execution = self.launcher.start(task, launch)
         except StartError as exc:
             shipper.line(str(exc))
             self._finish(running, stop_code="TaskFailedToStart", reason=str(exc), shipper=shipper)
@@ -804,29 +858,64 @@ class FargateAgent:
             self._running.clear()
 
     def settle_orphans(self, backend: Any) -> int:
-        """Tasks the emulator still shows as not stopped, with no process of this agent behind them (an agent
-        restart): kill what is left of them (every process in the task's cgroup, or its process group and
-        session where it has no cgroup), and settle them as stopped, so they get a final status and metering."""
-        settled = 0
+        """An agent restart. First the sweep: whatever of this stack the launcher finds that this agent does not
+        run (containers that outlived a crashed stack or a replaced agent) is stopped and removed, one log line
+        each, and the task it names, when the emulator still shows it not stopped, is settled. Then every other
+        task the emulator still shows as not stopped, with nothing of this agent behind it: what is left of it is
+        killed (every process in the task's cgroup, its process group and session where it has no cgroup, its
+        containers), and it is settled as stopped, so that it gets a final status and metering, once."""
+        known: dict[str, Any] = {}
         for cluster_tasks in list(backend.tasks.values()):
-            for arn, task in list(cluster_tasks.items()):
-                with self._lock:
-                    ours = arn in self._running
-                if ours or task._status == "STOPPED":
-                    continue
-                if not self.launcher.kill_leftovers(task):
-                    self.on_log(f"some processes of the orphaned task {arn} could not be killed")
-                started = getattr(task, "started_at", None) is not None
-                if started:
-                    for container in task.containers:
-                        container.reason = "Task orphaned: the local agent restarted"
-                self._settle(
-                    task,
-                    stop_code="EssentialContainerExited" if started else "TaskFailedToStart",
-                    reason="Task orphaned: the local Fargate agent restarted",
-                )
+            known.update(cluster_tasks)
+        settled = 0
+        try:
+            strays = self.launcher.strays()
+        except Exception as exc:  # the tasks are still settled below; their leftovers are looked up by task
+            self.on_log(f"could not look for what a previous agent left behind: {exc!r}")
+            strays = []
+        for stray in strays:
+            with self._lock:
+                if stray.task_arn in self._running:
+                    continue  # started by this agent after the listing
+            task = known.get(stray.task_arn)
+            orphaned = task is not None and task._status != "STOPPED"
+            gone = self.launcher.remove_stray(stray)
+            if orphaned:
+                self._settle_orphan(task)
                 settled += 1
+            fate = (
+                "settled as orphaned"
+                if orphaned
+                else "already stopped"
+                if task is not None
+                else "not known to this stack"
+            )
+            self.on_log(
+                f"{'removed' if gone else 'could not remove'} {stray.what}, left behind by a previous agent "
+                f"(task {stray.task_arn or 'unnamed'}: {fate})"
+            )
+        for arn, task in known.items():
+            with self._lock:
+                ours = arn in self._running
+            if ours or task._status == "STOPPED":
+                continue
+            if not self.launcher.kill_leftovers(task):
+                self.on_log(f"some processes of the orphaned task {arn} could not be killed")
+            self._settle_orphan(task)
+            settled += 1
         return settled
+
+    def _settle_orphan(self, task: Any) -> None:
+        """Settle a task a previous agent left behind, from its own timestamps (once: it is STOPPED after)."""
+        started = getattr(task, "started_at", None) is not None
+        if started:
+            for container in task.containers:
+                container.reason = "Task orphaned: the local agent restarted"
+        self._settle(
+            task,
+            stop_code="EssentialContainerExited" if started else "TaskFailedToStart",
+            reason="Task orphaned: the local Fargate agent restarted",
+        )
 
     def shutdown(self) -> None:
         with self._lock:

@@ -11,15 +11,17 @@ so that a restarted agent and the stack's shutdown find them.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
+import platform
 import subprocess
+import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from taskrunner_local.agent import Execution, Launch, StartError, ecs_environment
+from taskrunner_local.agent import Execution, ImageNotPresent, Launch, StartError, Stray, ecs_environment
 from taskrunner_local.engine import Engine
 from taskrunner_local.limits import TASK_PIDS_MAX
 
@@ -30,6 +32,17 @@ ENGINE_TIMEOUT_SECONDS = 60.0
 PULL_TIMEOUT_SECONDS = 600.0
 #: How long the agent waits for the engine to remove a container before it reports it left behind.
 REMOVE_TIMEOUT_SECONDS = 30.0
+#: How often the agent looks whether a Docker container has started.
+START_POLL_SECONDS = 0.05
+#: Where the kernel lists the interpreters it runs foreign binaries with (qemu-user-static registers them).
+BINFMT_MISC_DIR = Path("/proc/sys/fs/binfmt_misc")
+#: ECS's cpuArchitecture: the engine's platform, the kernel's machine names, and binfmt_misc's handler.
+_ARCHITECTURES = {
+    "X86_64": ("linux/amd64", ("x86_64", "amd64"), "qemu-x86_64"),
+    "ARM64": ("linux/arm64", ("aarch64", "arm64"), "qemu-aarch64"),
+}
+#: What a create says when the image is not in the store: then the agent pulls it and creates again.
+_IMAGE_MISSING = ("image not known", "no such image", "unable to find image")
 
 
 @dataclass(frozen=True)
@@ -44,11 +57,23 @@ class _Dialect:
     init_in_static_dir: bool
     #: removes containers at once (podman's `rm -f` first waits out a stop timeout), and quietly when gone
     remove: tuple[str, ...]
+    #: `ps --format`: a container's full id and the ECS task its label names
+    ps_task_format: str
 
 
 _DIALECTS = {
-    "podman": _Dialect(network="slirp4netns", init_in_static_dir=True, remove=("rm", "-f", "-t", "0", "--ignore")),
-    "docker": _Dialect(network="bridge", init_in_static_dir=False, remove=("rm", "-f")),
+    "podman": _Dialect(
+        network="slirp4netns",
+        init_in_static_dir=True,
+        remove=("rm", "-f", "-t", "0", "--ignore"),
+        ps_task_format=f'{{{{.ID}}}} {{{{index .Labels "{TASK_ARN_LABEL}"}}}}',
+    ),
+    "docker": _Dialect(
+        network="bridge",
+        init_in_static_dir=False,
+        remove=("rm", "-f"),
+        ps_task_format=f'{{{{.ID}}}} {{{{.Label "{TASK_ARN_LABEL}"}}}}',
+    ),
 }
 
 
@@ -57,10 +82,63 @@ def stack_label(stack_name: str) -> str:
     return f"{STACK_LABEL}={stack_name}"
 
 
+def host_architecture(machine: str | None = None) -> str | None:
+    """ECS's name (X86_64, ARM64) for this host's CPU architecture, None for another."""
+    machine = (machine or platform.machine()).lower()
+    return next((name for name, (_, machines, _) in _ARCHITECTURES.items() if machine in machines), None)
+
+
+def emulates(handler: str, binfmt_dir: Path = BINFMT_MISC_DIR) -> bool:
+    """Whether the kernel runs binaries through the binfmt_misc `handler` (registered and enabled)."""
+    try:
+        return (binfmt_dir / handler).read_text().splitlines()[:1] == ["enabled"]
+    except OSError:
+        return False
+
+
+def platform_option(architecture: str, machine: str | None = None, binfmt_dir: Path = BINFMT_MISC_DIR) -> list[str]:
+    """The engine's `--platform` option for a task of `architecture` (ECS's cpuArchitecture): none when the host
+    has that architecture, the emulated platform when the kernel can run its binaries; else the task cannot start
+    (StartError), as an ARM64 task on Fargate never runs as x86_64."""
+    wanted = architecture.upper() or "X86_64"
+    if wanted not in _ARCHITECTURES:
+        raise StartError(f"CannotStartContainerError: unknown cpuArchitecture {architecture!r}")
+    host = host_architecture(machine)
+    if host == wanted:
+        return []
+    engine_platform, machines, handler = _ARCHITECTURES[wanted]
+    if emulates(handler, binfmt_dir):
+        return ["--platform", engine_platform]
+    host_machine = machine or platform.machine()
+    raise StartError(
+        f"CannotStartContainerError: {wanted} tasks need emulation and this {host_machine} host has none "
+        f"(no binfmt_misc handler for {machines[0]}; install qemu-user-static)"
+    )
+
+
+def qualified(image: str) -> str:
+    """`image` as Docker (and so ECS) reads it: a name without a registry is Docker Hub's (`python:3.12-slim` is
+    `docker.io/library/python:3.12-slim`). Podman would instead refuse a short name it has no alias for."""
+    first, slash, _ = image.partition("/")
+    if not slash:
+        return f"docker.io/library/{image}"
+    if "." in first or ":" in first or first == "localhost":
+        return image
+    return f"docker.io/{image}"
+
+
 def _said(done: subprocess.CompletedProcess[str]) -> str:
     """What a failed engine command said: its last line of error output."""
     lines = (done.stderr or done.stdout or "").strip().splitlines()
     return lines[-1].removeprefix("Error: ") if lines else f"exit status {done.returncode}"
+
+
+def _daemon_said(done: subprocess.CompletedProcess[str]) -> str:
+    """What the Docker daemon answered a failed command (its last line only names the container)."""
+    for line in (done.stderr or "").splitlines():
+        if "Error response from daemon:" in line:
+            return line.split("Error response from daemon:", 1)[1].strip()
+    return _said(done)
 
 
 class ContainerExecution:
@@ -130,7 +208,8 @@ class ContainerExecution:
 
 
 class ContainerLauncher:
-    """Container mode: `prepare` finds or pulls the image, `start` creates, initialises and starts the container."""
+    """Container mode: `start` creates, initialises and starts the container; `pull` gets an image that `start`
+    found missing (the agent then starts again), so a task of an image already in the store costs no look-up."""
 
     mode = "container"
 
@@ -149,6 +228,7 @@ class ContainerLauncher:
         self.region = region
         self.work_dir = work_dir
         self.on_log = on_log or (lambda line: None)
+        self._containers_dir = _containers_dir(engine) if self.dialect.init_in_static_dir else None
         work_dir.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -162,12 +242,13 @@ class ContainerLauncher:
         )
 
     def prepare(self, launch: Launch) -> None:
+        """Nothing to look up: `create` says when the image is missing (ImageNotPresent), then `pull` gets it."""
         if not launch.image:
             raise StartError("CannotPullContainerError: the container definition has no image")
-        if self.engine.image_exists(launch.image):
-            return
+
+    def pull(self, launch: Launch) -> None:
         try:
-            pulled = self.engine.run("pull", "--quiet", launch.image, timeout=PULL_TIMEOUT_SECONDS)
+            pulled = self.engine.run("pull", "--quiet", qualified(launch.image), timeout=PULL_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:
             raise StartError(
                 f"CannotPullContainerError: pulling {launch.image} took longer than {PULL_TIMEOUT_SECONDS:.0f} s"
@@ -176,13 +257,17 @@ class ContainerLauncher:
             raise StartError(f"CannotPullContainerError: {_said(pulled)}")
 
     def start(self, task: Any, launch: Launch) -> Execution:
+        args = self._create_args(task, launch)  # raises StartError for an architecture the host cannot run
         try:
-            created = self.engine.run(*self._create_args(task, launch), timeout=ENGINE_TIMEOUT_SECONDS)
+            created = self.engine.run(*args, timeout=ENGINE_TIMEOUT_SECONDS)
         except ValueError as exc:  # a NUL byte in an argument or variable
             raise StartError(f"CannotCreateContainerError: {exc}") from exc
         if created.returncode != 0:
             self._remove(self._name(task))
-            raise StartError(f"CannotCreateContainerError: {_said(created)}")
+            said = _said(created)
+            if any(missing in said.lower() for missing in _IMAGE_MISSING):
+                raise ImageNotPresent(f"CannotPullContainerError: {said}")
+            raise StartError(f"CannotCreateContainerError: {said}")
         container_id = created.stdout.strip().splitlines()[-1]
         try:
             return self._start(container_id, launch)
@@ -190,13 +275,22 @@ class ContainerLauncher:
             self._remove(container_id)
             raise
 
+    def static_dir(self, container_id: str) -> Path:
+        """The container's static directory (podman's `{{.StaticDir}}`): where the storage configuration puts it,
+        else (another layout) as `inspect` says."""
+        if self._containers_dir is not None:
+            computed = self._containers_dir / container_id / "userdata"
+            if computed.is_dir():
+                return computed
+        inspected = self.engine.run("inspect", "--format", "{{.StaticDir}}", container_id)
+        if inspected.returncode != 0:
+            raise RuntimeError(f"could not inspect container {container_id}: {_said(inspected)}")
+        return Path(inspected.stdout.strip())
+
     def _start(self, container_id: str, launch: Launch) -> Execution:
         cwd = self.work_dir
         if self.dialect.init_in_static_dir:
-            inspected = self.engine.run("inspect", "--format", "{{.StaticDir}}", container_id)
-            if inspected.returncode != 0:
-                raise RuntimeError(f"could not inspect container {container_id}: {_said(inspected)}")
-            cwd = Path(inspected.stdout.strip())
+            cwd = self.static_dir(container_id)
             # the runtime container is made here, so a command that is not there fails now, before RUNNING
             initialised = subprocess.run(
                 self.engine.command("init", container_id),
@@ -219,12 +313,37 @@ class ContainerLauncher:
             bufsize=0,
             start_new_session=True,  # a Ctrl-C of `local up` reaches the agent, which stops the containers itself
         )
+        if not self.dialect.init_in_static_dir:
+            self._wait_until_started(container_id, process)
         return ContainerExecution(self.engine, self.dialect, container_id, process, launch.stop_timeout)
+
+    def _wait_until_started(self, container_id: str, process: subprocess.Popen[bytes]) -> None:
+        """Return once the container has started. Docker's `start --attach` returns at once, and with success,
+        when the container cannot start (a command not in the image): the task must fail to start, not succeed."""
+        deadline = time.monotonic() + ENGINE_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            attached_ended = process.poll() is not None
+            inspected = self.engine.run("inspect", "--format", "{{.State.StartedAt}}", container_id)
+            if inspected.returncode == 0 and not inspected.stdout.strip().startswith("0001-01-01"):
+                return
+            if attached_ended:
+                break
+            time.sleep(START_POLL_SECONDS)
+        if process.poll() is None:
+            process.kill()
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+        process.wait()
+        started = self.engine.run("start", container_id)  # says why it cannot start
+        raise StartError(f"CannotStartContainerError: {_daemon_said(started)}")
 
     def _create_args(self, task: Any, launch: Launch) -> list[str]:
         memory = f"{launch.memory_mib}m"
         args = [
             "create",
+            "--pull",  # a missing image fails the create (ImageNotPresent): the agent pulls it in the pull window
+            "never",
             "--name",
             self._name(task),
             "--label",
@@ -241,14 +360,18 @@ class ContainerLauncher:
             str(TASK_PIDS_MAX),
             "--network",
             self.dialect.network,
+            *platform_option(launch.architecture),
         ]
         for name, value in ecs_environment(launch, self.region).items():
             args += ["--env", f"{name}={value}"]
         if launch.init_process:
             args.append("--init")
-        if launch.entry_point:
-            args += ["--entrypoint", json.dumps(launch.entry_point)]
-        return [*args, launch.image, *(launch.arguments or [])]
+        entry_point = launch.entry_point or []
+        if entry_point:
+            # the CLIs take one program here (podman would also parse a JSON array, docker would not): ECS's
+            # entryPoint is that program, then its own arguments before the command's
+            args += ["--entrypoint", entry_point[0]]
+        return [*args, qualified(launch.image), *entry_point[1:], *(launch.arguments or [])]
 
     @staticmethod
     def _name(task: Any) -> str:
@@ -271,6 +394,39 @@ class ContainerLauncher:
     def kill_leftovers(self, task: Any) -> bool:
         return self._remove(*self._labelled(f"{TASK_ARN_LABEL}={task.task_arn}"))
 
+    def strays(self) -> list[Stray]:
+        """Every container of this stack, with the ECS task it names (the agent leaves out those it runs)."""
+        listed = self.engine.run(
+            "ps", "-a", "--no-trunc", "--filter", f"label={self.label}", "--format", self.dialect.ps_task_format
+        )
+        if listed.returncode != 0:
+            raise RuntimeError(f"could not list the containers labelled {self.label}: {_said(listed)}")
+        strays = []
+        for line in listed.stdout.splitlines():
+            container_id, _, task_arn = line.strip().partition(" ")
+            if container_id:
+                strays.append(Stray(f"container {container_id[:12]}", container_id, task_arn.strip()))
+        return strays
+
+    def remove_stray(self, stray: Stray) -> bool:
+        return self._remove(stray.key)
+
     def shutdown(self) -> None:
         """Remove every container of this stack, whatever its task's thread managed to do."""
         self._remove(*self._labelled(self.label))
+
+
+def _containers_dir(engine: Engine) -> Path | None:
+    """Where podman keeps its containers' directories (`<graphroot>/<driver>-containers`), from the storage
+    configuration the engine runs with; None when it cannot tell."""
+    conf = engine.extra_env.get("CONTAINERS_STORAGE_CONF")
+    if not conf:
+        return None
+    try:
+        storage = tomllib.loads(Path(conf).read_text()).get("storage", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    graphroot, driver = storage.get("graphroot"), storage.get("driver")
+    if not (isinstance(graphroot, str) and isinstance(driver, str) and graphroot and driver):
+        return None
+    return Path(graphroot) / f"{driver}-containers"

@@ -1,6 +1,10 @@
 """The container engine the local stack runs OCI containers with: Podman with the project's own configuration
 and storage (under `.taskrunner/engine/`), or a Docker engine that answers; one code path for both.
 
+`TASKRUNNER_ENGINE=podman|docker` chooses; unset, podman is used when it is on the PATH, else docker. The docker
+engine is the one `DOCKER_HOST` names (e.g. `unix:///run/podman/podman.sock`, Podman's own Docker API), else the
+docker CLI's default.
+
 `python -m taskrunner_local.engine` (what `make engine` runs) installs Podman from Debian's packages when it is
 missing and writes the project's configuration; nothing system-wide is configured.
 """
@@ -12,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +104,15 @@ class EnginePaths:
                 path.write_text(text)
 
 
+#: which engine to use: `podman`, `docker`, or unset (or `auto`) for podman first, then docker
+ENGINE_VARIABLE = "TASKRUNNER_ENGINE"
+ENGINE_CHOICES = ("podman", "docker")
+#: the Docker engine the docker CLI talks to (its default socket when unset), e.g. `unix:///run/podman.sock`
+DOCKER_HOST_VARIABLE = "DOCKER_HOST"
+#: how long `docker version` may take to answer when looking for an engine
+DOCKER_PROBE_TIMEOUT_SECONDS = 10.0
+
+
 @dataclass(frozen=True)
 class Engine:
     """An engine's command line (podman or docker: the same CLI) and the environment to run it with."""
@@ -108,15 +122,24 @@ class Engine:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def detect(cls, path: str | None = None, paths: EnginePaths | None = None) -> Engine | None:
-        """The engine on `path` (the PATH by default), or None: `why_not` says why."""
-        found = _probe(path, paths or EnginePaths())
+    def detect(
+        cls,
+        path: str | None = None,
+        paths: EnginePaths | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Engine | None:
+        """The engine `TASKRUNNER_ENGINE` names (podman first, then docker, when unset) on `path` (the PATH by
+        default), or None: `why_not` says why. A docker engine is the one `DOCKER_HOST` names, when set.
+        `environ` stands for the process's environment (`os.environ` by default)."""
+        found = _probe(path, paths or EnginePaths(), os.environ if environ is None else environ)
         return found if isinstance(found, Engine) else None
 
     @staticmethod
-    def why_not(path: str | None = None, paths: EnginePaths | None = None) -> str | None:
+    def why_not(
+        path: str | None = None, paths: EnginePaths | None = None, environ: Mapping[str, str] | None = None
+    ) -> str | None:
         """Why `detect` finds no engine, or None when it finds one."""
-        found = _probe(path, paths or EnginePaths())
+        found = _probe(path, paths or EnginePaths(), os.environ if environ is None else environ)
         return found if isinstance(found, str) else None
 
     def env(self) -> dict[str, str]:
@@ -144,41 +167,66 @@ class Engine:
         return done.stdout.strip()
 
 
-def _probe(path: str | None, paths: EnginePaths) -> Engine | str:
+def _probe(path: str | None, paths: EnginePaths, environ: Mapping[str, str]) -> Engine | str:
     """The engine found, or why there is none."""
-    search = os.environ.get("PATH", os.defpath) if path is None else path
+    search = environ.get("PATH", os.defpath) if path is None else path
+    choice = environ.get(ENGINE_VARIABLE, "").strip().lower()
+    if choice in ("", "auto"):
+        podman = _podman(search, paths)
+        if isinstance(podman, Engine) or shutil.which("podman", path=search) is not None:
+            return podman  # podman is there: its configuration missing is worth saying, not hiding behind docker
+        docker = _docker(search, environ)
+        if isinstance(docker, Engine) or shutil.which("docker", path=search) is not None:
+            return docker if isinstance(docker, Engine) else f"{docker}; no podman either"
+        return "neither podman nor docker is on the PATH: run `make engine` (as root, on Debian)"
+    if choice == "podman":
+        return _podman(search, paths)
+    if choice == "docker":
+        return _docker(search, environ)
+    return f"{ENGINE_VARIABLE}={choice!r} names no engine: use one of {', '.join(ENGINE_CHOICES)}, or leave it unset"
+
+
+def _podman(search: str, paths: EnginePaths) -> Engine | str:
     podman = shutil.which("podman", path=search)
-    if podman is not None:
-        if not paths.configured():
-            return f"podman is at {podman} but the project's engine configuration is missing: run `make engine`"
-        return Engine(
-            name="podman",
-            executable=podman,
-            extra_env={
-                "CONTAINERS_CONF": str(paths.containers_conf),
-                "CONTAINERS_STORAGE_CONF": str(paths.storage_conf),
-                # podman looks for runc, conmon and slirp4netns on the PATH
-                "PATH": f"{search}:{_SBIN}" if search else _SBIN,
-            },
-        )
+    if podman is None:
+        return f"{ENGINE_VARIABLE}=podman but podman is not on the PATH: run `make engine` (as root, on Debian)"
+    if not paths.configured():
+        return f"podman is at {podman} but the project's engine configuration is missing: run `make engine`"
+    return Engine(
+        name="podman",
+        executable=podman,
+        extra_env={
+            "CONTAINERS_CONF": str(paths.containers_conf),
+            "CONTAINERS_STORAGE_CONF": str(paths.storage_conf),
+            # podman looks for runc, conmon and slirp4netns on the PATH
+            "PATH": f"{search}:{_SBIN}" if search else _SBIN,
+        },
+    )
+
+
+def _docker(search: str, environ: Mapping[str, str]) -> Engine | str:
     docker = shutil.which("docker", path=search)
     if docker is None:
-        return "neither podman nor docker is on the PATH: run `make engine` (as root, on Debian)"
+        return f"{ENGINE_VARIABLE}=docker but docker is not on the PATH"
+    host = environ.get(DOCKER_HOST_VARIABLE, "")
+    # the engine keeps talking to the daemon it was found at, whatever the process's environment becomes
+    extra_env = {DOCKER_HOST_VARIABLE: host} if host else {}
+    where = f"at {DOCKER_HOST_VARIABLE}={host}" if host else f"({DOCKER_HOST_VARIABLE} unset: the default socket)"
     try:
         answer = subprocess.run(
             [docker, "version", "--format", "{{.Server.Version}}"],
             capture_output=True,
             text=True,
-            timeout=10,
+            timeout=DOCKER_PROBE_TIMEOUT_SECONDS,
             check=False,
-            env={**os.environ, "PATH": search},
+            env={**environ, "PATH": search, **extra_env},
         )
     except (OSError, subprocess.TimeoutExpired) as error:
-        return f"docker is at {docker} but its engine does not answer ({error}); no podman either"
+        return f"docker is at {docker} but its engine {where} does not answer ({error})"
     if answer.returncode != 0:
         said = (answer.stderr.strip().splitlines() or ["no reason given"])[-1]
-        return f"docker is at {docker} but its engine does not answer ({said}); no podman either"
-    return Engine(name="docker", executable=docker)
+        return f"docker is at {docker} but its engine {where} does not answer ({said})"
+    return Engine(name="docker", executable=docker, extra_env=extra_env)
 
 
 def missing_packages(path: str | None = None) -> list[str]:

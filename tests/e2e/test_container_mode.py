@@ -10,20 +10,25 @@ developer machine without an engine; in CI (`CI=true`) a missing engine fails.
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
 
 from taskrunner_local.cli import free_port
 from taskrunner_local.client import TaskRunnerClient
-from taskrunner_local.config import ROOT
-from taskrunner_local.containers import TASK_ARN_LABEL, stack_label
+from taskrunner_local.config import ROOT, LocalConfig
+from taskrunner_local.containers import TASK_ARN_LABEL, emulates, stack_label
 from taskrunner_local.engine import Engine
 from taskrunner_local.images import BUSYBOX_IMAGE, PYTHON_IMAGE
 from tests.support.engine import engine_or_skip
@@ -166,7 +171,7 @@ def test_a_task_that_exceeds_its_memory_is_killed_with_137_and_out_of_memory(
 
 
 def test_a_cancelled_task_stops_within_its_stop_timeout(container_stack: ContainerStack) -> None:
-    # Given a running task
+    # Given a running task whose PID 1 is a shell with no handler for SIGTERM (no initProcessEnabled: no init)
     api = container_stack.api
     task_id = api.submit(busybox("echo started; sleep 300"))["task_id"]
     api.wait(task_id, {"RUNNING"})
@@ -174,11 +179,64 @@ def test_a_cancelled_task_stops_within_its_stop_timeout(container_stack: Contain
     cancelled_at = time.monotonic()
     response = api.cancel(task_id)
     task = api.wait(task_id, timeout=30)
-    # Then: PID 1 ignores SIGTERM it has no handler for, so the engine kills it once the stop timeout runs out
+    elapsed = time.monotonic() - cancelled_at
+    # Then, as on Fargate: PID 1 ignores the SIGTERM it has no handler for, so it is SIGKILLed (137) once the stop
+    # timeout runs out, not before
     assert response.status_code == 202
     assert (task["status"], task["stop_code"]) == ("CANCELLED", "UserInitiated")
-    assert task["exit_code"] in (137, 143)
-    assert time.monotonic() - cancelled_at < STOP_TIMEOUT_SECONDS + 10
+    assert task["exit_code"] == 137
+    assert STOP_TIMEOUT_SECONDS - 0.5 < elapsed < STOP_TIMEOUT_SECONDS + 10
+    assert container_stack.containers_of(task["ecs_task_arn"]) == []
+
+
+def test_a_cancelled_task_that_handles_sigterm_exits_at_once(container_stack: ContainerStack) -> None:
+    # Given a running task whose PID 1 traps SIGTERM
+    api = container_stack.api
+    task_id = api.submit(busybox("trap 'echo terminated; exit 143' TERM; echo started; while :; do sleep 0.1; done"))[
+        "task_id"
+    ]
+    api.wait(task_id, {"RUNNING"})
+    assert wait_until(lambda: api.logs(task_id) == ["started"], timeout=10)
+    # When
+    cancelled_at = time.monotonic()
+    api.cancel(task_id)
+    task = api.wait(task_id, timeout=30)
+    # Then
+    assert (task["status"], task["exit_code"]) == ("CANCELLED", 143)
+    assert time.monotonic() - cancelled_at < STOP_TIMEOUT_SECONDS
+    assert api.logs(task_id) == ["started", "terminated"]
+
+
+def test_stdout_and_stderr_are_split_into_lines_each_on_its_own(container_stack: ContainerStack) -> None:
+    # Given a task that writes partial lines to both streams, interleaved
+    api = container_stack.api
+    script = "printf a; printf b >&2; printf c; sleep 0.3; printf 'd\\ne'; printf 'f\\n' >&2; printf g >&2"
+    # When
+    task = api.wait(api.submit(busybox(script))["task_id"])
+    # Then each stream is split into lines on its own, and its last partial line is flushed at exit, as docker's
+    # log copier does for the awslogs driver (one reader per stream): stdout wrote "acd\ne", stderr "bf\ng"
+    assert task["status"] == "SUCCEEDED", task["status_reason"]
+    lines = api.logs(task["task_id"])
+    assert sorted(lines) == sorted(["acd", "e", "bf", "g"]), lines
+    assert lines.index("acd") < lines.index("e") and lines.index("bf") < lines.index("g")
+
+
+def test_an_arm64_task_runs_only_where_the_host_can_emulate_it(container_stack: ContainerStack) -> None:
+    # Given an x86_64 host (an aarch64 one runs ARM64 natively)
+    if platform.machine() != "x86_64":
+        pytest.skip("the host is not x86_64")
+    api = container_stack.api
+    # When
+    task = api.wait(api.submit(busybox("uname -m", architecture="ARM64"))["task_id"], timeout=60)
+    # Then
+    if emulates("qemu-aarch64"):
+        assert (task["status"], api.logs(task["task_id"])) == ("SUCCEEDED", ["aarch64"])
+    else:
+        assert (task["status"], task["stop_code"]) == ("FAILED", "TaskFailedToStart")
+        assert task["status_reason"] == (
+            "CannotStartContainerError: ARM64 tasks need emulation and this x86_64 host has none "
+            "(no binfmt_misc handler for aarch64; install qemu-user-static)"
+        )
     assert container_stack.containers_of(task["ecs_task_arn"]) == []
 
 
@@ -228,6 +286,68 @@ print("host-only", os.environ.get("{HOST_ONLY_VARIABLE}"))
     assert "host-only None" in lines
 
 
+def test_a_task_cannot_read_a_file_of_the_host(container_stack: ContainerStack) -> None:
+    # Given files only the host has, in /tmp and in root's home
+    secret = f"host-secret-{uuid.uuid4().hex}"
+    files = [Path("/tmp") / f"{secret}.txt", Path.home() / f"{secret}.txt"]
+    for path in files:
+        path.write_text(secret)
+    api = container_stack.api
+    try:
+        # When a task tries to read them
+        script = " ".join(f"cat {path} || echo missing {path};" for path in files)
+        task = api.wait(api.submit(busybox(script))["task_id"])
+    finally:
+        for path in files:
+            path.unlink()
+    # Then
+    lines = api.logs(task["task_id"])
+    assert [line for line in lines if secret in line and not line.startswith(("missing", "cat:"))] == []
+    assert [f"missing {path}" for path in files] == [line for line in lines if line.startswith("missing")]
+
+
+def test_a_task_cannot_raise_its_own_memory_limit(container_stack: ContainerStack) -> None:
+    # Given a 512 MiB task that tries to raise its cgroup's limit (v2 and v1 names), then allocates 700 MB
+    code = """
+for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    try:
+        with open(path, "w") as limit:
+            limit.write("max" if path.endswith(".max") else "-1")
+        print("raised", path)
+    except OSError as error:
+        print("refused", path, type(error).__name__)
+b = b"x" * (700 * 1024 * 1024)
+print("allocated")
+"""
+    api = container_stack.api
+    # When
+    task = api.wait(api.submit(python(code, memory=512))["task_id"], timeout=60)
+    # Then the writes failed or changed nothing: the allocation is still killed for memory
+    assert (task["status"], task["exit_code"]) == ("FAILED", 137)
+    assert task["status_reason"].startswith("OutOfMemoryError"), task["status_reason"]
+    assert "allocated" not in api.logs(task["task_id"])
+
+
+def test_a_task_sees_only_its_own_processes(container_stack: ContainerStack) -> None:
+    # Given a task that lists every process it can see
+    code = """
+import os
+for pid in sorted(p for p in os.listdir("/proc") if p.isdigit()):
+    try:
+        print("process", pid, open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode())
+    except OSError:
+        pass
+"""
+    api = container_stack.api
+    # When
+    task = api.wait(api.submit(python(code))["task_id"])
+    # Then it sees itself, not the stack, the engine or this test (all running on the host)
+    assert task["status"] == "SUCCEEDED", task["status_reason"]
+    seen = [line for line in api.logs(task["task_id"]) if line.startswith("process")]
+    assert seen and seen[0].startswith("process 1 python3")
+    assert [line for line in seen if any(host in line for host in ("taskrunner_local", "pytest", "conmon"))] == []
+
+
 def test_a_daemon_does_not_keep_the_task_running(container_stack: ContainerStack) -> None:
     # When
     api = container_stack.api
@@ -257,3 +377,175 @@ def test_container_mode_without_an_engine_refuses_to_start() -> None:
     assert done.returncode != 0
     assert "container mode needs a container engine" in done.stderr, done.stdout + done.stderr
     assert "taskrunner is up" not in done.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A restarted agent and a restarted stack: what the previous one left behind
+
+
+@dataclass
+class StackProcess:
+    """A stack in container mode in its own process (`python -m tests.e2e.test_container_mode`), which replaces
+    its agent when told (`restart-agent` on its stdin), as a crashed agent is replaced."""
+
+    process: subprocess.Popen[str]
+    api_port: int
+    aws_port: int
+    tasks_table: str = ""
+    output: list[str] = field(default_factory=list)
+    _changed: threading.Condition = field(default_factory=threading.Condition)
+
+    @classmethod
+    def start(cls, stack_name: str, work_dir: Path) -> StackProcess:
+        api_port, aws_port = free_port(), free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.e2e.test_container_mode", str(api_port), str(aws_port), stack_name],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "TASKRUNNER_WORK_DIR_FOR_TEST": str(work_dir)},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its process group is what a crash kills
+        )
+        stack = cls(process, api_port, aws_port)
+        threading.Thread(target=stack._read, daemon=True).start()
+        ready = stack.wait_for("ready ", timeout=START_TIMEOUT_SECONDS)
+        stack.tasks_table = ready.split()[1]
+        return stack
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.output.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    def wait_for(self, prefix: str, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = [line for line in self.output if line.startswith(prefix)]
+                if found:
+                    return found[-1]
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"no line {prefix!r} from the stack:\n" + "\n".join(self.output))
+                self._changed.wait(0.5)
+
+    @property
+    def api(self) -> TaskRunnerClient:
+        return TaskRunnerClient(f"http://127.0.0.1:{self.api_port}")
+
+    def tell(self, command: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+
+    def crash(self) -> None:
+        """kill -9 of the stack's process group (its Lambda workers too); the engine's processes are not in it."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()  # the stack stops cleanly
+            try:
+                self.process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.crash()
+
+    def metering_records(self, task_id: str) -> list[dict[str, Any]]:
+        ddb = boto3.client(
+            "dynamodb",
+            endpoint_url=f"http://127.0.0.1:{self.aws_port}",
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+        records = []
+        for page in ddb.get_paginator("scan").paginate(TableName=self.tasks_table):  # a census
+            records += [i for i in page["Items"] if i["pk"]["S"].startswith("METER#") and i["task_id"]["S"] == task_id]
+        return records
+
+
+def containers_labelled(engine: Engine, *labels: str) -> list[str]:
+    filters = [arg for label in labels for arg in ("--filter", f"label={label}")]
+    listed = engine.run("ps", "-a", "-q", "--no-trunc", *filters)
+    assert listed.returncode == 0, listed.stderr
+    return listed.stdout.split()
+
+
+def test_a_restarted_agent_removes_what_the_previous_one_left_and_settles_its_tasks_once(tmp_path: Path) -> None:
+    engine = engine_or_skip(BUSYBOX_IMAGE)
+    stack_name = f"taskrunner-e2e-sweep-{uuid.uuid4().hex[:8]}"
+    label = stack_label(stack_name)
+    stacks: list[StackProcess] = []
+    try:
+        # Given a running task
+        first = StackProcess.start(stack_name, tmp_path / "first")
+        stacks.append(first)
+        api = first.api
+        task_id = api.submit(busybox("echo started; sleep 600"))["task_id"]
+        task_arn = api.wait(task_id, {"RUNNING"})["ecs_task_arn"]
+        [container] = containers_labelled(engine, label, f"{TASK_ARN_LABEL}={task_arn}")
+        # When its agent is replaced without its shutdown, as when it crashed
+        first.tell("restart-agent")
+        first.wait_for("restarted")
+        task = api.wait(task_id, timeout=60)
+        # Then the new agent removed the container, logged it once, and settled the task once, as orphaned
+        assert containers_labelled(engine, label) == []
+        removed = [line for line in first.output if f"removed container {container[:12]}" in line]
+        assert len(removed) == 1 and "settled as orphaned" in removed[0], first.output
+        assert (task["status"], task["stop_code"]) == ("FAILED", "EssentialContainerExited")
+        assert task["status_reason"] == "Task orphaned: the local agent restarted"
+        assert task["metering"]["billed_seconds"] == 60
+        time.sleep(2)  # a second settlement would have come by now
+        assert len(first.metering_records(task_id)) == 1
+        assert api.get(task_id)["metering"] == task["metering"]
+
+        # Given another running task, When the whole stack is killed (kill -9)
+        task_arn = api.wait(api.submit(busybox("sleep 600"))["task_id"], {"RUNNING"})["ecs_task_arn"]
+        first.crash()
+        # Then its container outlives it (conmon keeps it running)
+        [container] = containers_labelled(engine, label, f"{TASK_ARN_LABEL}={task_arn}")
+        # When a stack of the same name starts
+        second = StackProcess.start(stack_name, tmp_path / "second")
+        stacks.append(second)
+        # Then it removed the container before it served, one line for it (its emulator never knew the task)
+        assert containers_labelled(engine, label) == []
+        removed = [line for line in second.output if f"removed container {container[:12]}" in line]
+        assert len(removed) == 1 and "not known to this stack" in removed[0], second.output
+    finally:
+        for stack in stacks:
+            stack.stop()
+        left = containers_labelled(engine, label)
+        if left:
+            engine.run("rm", "-f", "-t", "0", *left)
+    assert left == []
+
+
+def _serve(api_port: int, aws_port: int, stack_name: str) -> None:
+    """The stack of `StackProcess`: up until its stdin closes, its agent replaced on each `restart-agent`."""
+    from taskrunner_local.stack import LocalStack
+
+    config = LocalConfig(
+        api_port=api_port,
+        aws_port=aws_port,
+        stack_name=stack_name,
+        work_dir=Path(os.environ["TASKRUNNER_WORK_DIR_FOR_TEST"]),
+        stop_timeout_seconds=STOP_TIMEOUT_SECONDS,
+        echo_function_logs=False,
+        agent_mode="container",
+    )
+    with LocalStack(config) as stack:
+        assert stack.deployment is not None
+        print("ready", stack.deployment.outputs["TasksTableName"], flush=True)
+        for line in sys.stdin:
+            if line.strip() == "restart-agent":
+                stack.restart_agent()
+                print("restarted", flush=True)
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])

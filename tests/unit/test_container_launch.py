@@ -55,6 +55,7 @@ def test_the_container_gets_the_tasks_limits_labels_and_an_isolated_network(tmp_
     assert options(args, "--pids-limit") == [str(TASK_PIDS_MAX)]
     assert options(args, "--label") == [stack_label("stack-a"), f"{TASK_ARN_LABEL}={TASK.task_arn}"]
     assert options(args, "--network") == ["slirp4netns"]
+    assert options(args, "--pull") == ["never"]  # a missing image is pulled by the agent, in the pull window
     assert not {"-v", "--volume", "--mount", "--privileged", "--env-host"} & set(args)
     assert args[-4:] == ["localhost/taskrunner/busybox:latest", "sh", "-c", "echo hi"]
 
@@ -82,8 +83,27 @@ def test_without_a_command_the_image_cmd_runs_and_an_entry_point_replaces_the_im
     entry_point = create_args(tmp_path, entry_point=["python3", "-u"], arguments=["app.py"])
     # Then
     assert image_cmd[-1] == "localhost/taskrunner/busybox:latest"
-    assert options(entry_point, "--entrypoint") == ['["python3", "-u"]']
-    assert entry_point[-2:] == ["localhost/taskrunner/busybox:latest", "app.py"]
+    # docker's CLI takes one program as --entrypoint: the entry point's own arguments lead the command's
+    assert options(entry_point, "--entrypoint") == ["python3"]
+    assert entry_point[-3:] == ["localhost/taskrunner/busybox:latest", "-u", "app.py"]
+
+
+@pytest.mark.parametrize(
+    ("image", "reference"),
+    [
+        ("python:3.12-slim", "docker.io/library/python:3.12-slim"),
+        ("busybox", "docker.io/library/busybox"),
+        ("bitnami/redis:7", "docker.io/bitnami/redis:7"),
+        ("localhost/taskrunner/python:3.13", "localhost/taskrunner/python:3.13"),
+        ("registry:5000/team/app@sha256:" + "a" * 64, "registry:5000/team/app@sha256:" + "a" * 64),
+        ("123456789012.dkr.ecr.us-east-1.amazonaws.com/app:1", "123456789012.dkr.ecr.us-east-1.amazonaws.com/app:1"),
+    ],
+)
+def test_an_image_without_a_registry_is_docker_hubs_as_on_ecs(tmp_path: Path, image: str, reference: str) -> None:
+    # When
+    args = create_args(tmp_path, image=image, arguments=None, command=None)
+    # Then podman, which refuses short names it has no alias for, gets the name Docker and ECS would use
+    assert args[-1] == reference
 
 
 def test_docker_uses_its_bridge_network(tmp_path: Path) -> None:
@@ -101,8 +121,8 @@ def test_an_unknown_agent_mode_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> 
         LocalConfig()
 
 
-def test_process_mode_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_is_the_default_agent_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given
     monkeypatch.delenv("TASKRUNNER_AGENT_MODE", raising=False)
     # Then
-    assert LocalConfig().agent_mode == "process"
+    assert LocalConfig().agent_mode == "auto"
