@@ -27,10 +27,15 @@ $(VENV)/.installed: requirements-dev.txt layers/common/requirements.txt pyprojec
 	$(BIN)/pip install --quiet --no-deps --editable .
 	touch $@
 
+# run and demo use what the machine has: with a working container engine they build the offline task images first
+# (once; a no-op takes a fraction of a second) and tasks run as containers; without one they say how to get it
+# (`make engine images`, as root on Debian) and run tasks as host processes. They never install the engine.
 run: venv ## start the whole system locally (API on :3000, AWS endpoint on :4566) until Ctrl-C
+	-@$(BIN)/python -m taskrunner_local.images
 	$(BIN)/taskrunner local up
 
 demo: venv ## one-command tour: a task that succeeds, one that fails, one cancelled; table and logs
+	-@$(BIN)/python -m taskrunner_local.images
 	$(BIN)/taskrunner local demo
 
 bench: venv ## benchmark the local stack (latency, throughput, cold import) and print a table

@@ -13,7 +13,7 @@ from typing import Any
 
 from taskrunner_local.config import AGENT_MODES, LocalConfig
 from taskrunner_local.images import PYTHON_IMAGE
-from taskrunner_local.stack import EngineUnavailable, LocalStack
+from taskrunner_local.stack import AgentChoice, EngineUnavailable, LocalStack, choose_agent_mode
 
 
 def free_port() -> int:
@@ -40,16 +40,19 @@ def banner(stack: LocalStack) -> str:
     port = stack.config.api_port
     region = stack.config.region
     table = deployment.outputs.get("TasksTableName")
-    assert stack.agent is not None
-    # process mode records the image without pulling it; container mode finds no registry offline
-    image = PYTHON_IMAGE if stack.agent.launcher.mode == "container" else "python:3.12-slim"
+    assert stack.agent is not None and stack.choice is not None
+    # the offline image runs in container mode (no registry is needed) and is only recorded in process mode
+    image = PYTHON_IMAGE
+    warned = stack.choice.warnings()
+    warnings = "".join(f"\n{line}" for line in warned) + ("\n" if warned else "")
     return f"""
 taskrunner is up (stack {deployment.stack_name}, everything on this machine)
 
   API            {api}          reference: {api}/docs   OpenAPI: {api}/openapi.json
   AWS endpoint   {endpoint}
+  Agent mode     {stack.choice.headline()}
   Tasks run as   {stack.agent.launcher.describe()}
-
+{warnings}
 Run a task:
   curl -X POST localhost:{port}/tasks -d '{{"image":"{image}","command":["sh","-c","echo hi"]}}'
   curl localhost:{port}/tasks/<task_id>
@@ -70,15 +73,28 @@ Ctrl-C stops everything.
 """
 
 
+def announce(config: LocalConfig) -> AgentChoice:
+    """Choose the agent mode and say which runs and why (loudly when no engine works); exit when container mode
+    was asked for and no engine works."""
+    try:
+        choice = choose_agent_mode(config.agent_mode)
+    except EngineUnavailable as error:
+        sys.exit(f"error: {error}")
+    print(f"starting the local stack (agent mode: {choice.headline()})…", flush=True)
+    for line in choice.warnings():
+        print(line, flush=True)
+    return choice
+
+
 def up(config: LocalConfig) -> int:
     _check_port(config.host, config.api_port, "TASKRUNNER_API_PORT")
     _check_port(config.host, config.aws_port, "TASKRUNNER_AWS_PORT")
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
-    print(f"starting the local stack (agent mode: {config.agent_mode})…", flush=True)
+    choice = announce(config)
     try:
-        stack = LocalStack(config).start()
+        stack = LocalStack(config, choice).start()
     except EngineUnavailable as error:
         sys.exit(f"error: {error}")
     try:
@@ -116,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     up_parser.add_argument(
         "--agent-mode",
         choices=AGENT_MODES,
-        help="run tasks as host processes or as containers (needs `make engine images`); "
-        "default $TASKRUNNER_AGENT_MODE or process",
+        help="auto: containers when a container engine works, else host processes (with a warning); container: "
+        "containers or refuse to start (needs `make engine images`); process: host processes; "
+        "default $TASKRUNNER_AGENT_MODE or auto",
     )
     actions.add_parser("demo", help="a one-command tour: run a task that succeeds, one that fails, one cancelled")
     invoke_parser = actions.add_parser("invoke", help="invoke one function on an event, like `sam local invoke`")

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-#: how the local Fargate agent runs tasks: host processes, or OCI containers through Podman or Docker
-AGENT_MODES = ("process", "container")
+#: how the local Fargate agent runs tasks: `auto` (the default) runs containers when a container engine works and
+#: falls back, loudly, to host processes when none does; `container` refuses to start without an engine; `process`
+#: runs host processes (no isolation, the image is only recorded)
+AGENT_MODES = ("auto", "container", "process")
 
 
 def _int(name: str, default: int) -> int:
@@ -47,8 +49,9 @@ class LocalConfig:
     )
     #: print each Lambda invocation's own log lines on the console
     echo_function_logs: bool = field(default_factory=lambda: os.environ.get("TASKRUNNER_QUIET", "") == "")
-    #: `process` (the default for now) or `container` (needs a container engine: `make engine images`)
-    agent_mode: str = field(default_factory=lambda: os.environ.get("TASKRUNNER_AGENT_MODE") or "process")
+    #: `auto` (the default: containers when an engine works, else host processes, announced loudly), `container`
+    #: (needs a container engine: `make engine images`) or `process`
+    agent_mode: str = field(default_factory=lambda: os.environ.get("TASKRUNNER_AGENT_MODE") or "auto")
 
     def __post_init__(self) -> None:
         if self.agent_mode not in AGENT_MODES:

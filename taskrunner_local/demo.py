@@ -7,12 +7,19 @@ import socket
 
 from taskrunner_local.client import TaskRunnerClient
 from taskrunner_local.config import LocalConfig
+from taskrunner_local.images import PYTHON_IMAGE
 from taskrunner_local.stack import LocalStack
 
+# The offline image: container mode runs it without a registry, process mode only records it.
 DEMO_TASKS = {
-    "succeeds": {"image": "python:3.12-slim", "command": ["sh", "-c", "echo hello from a local Fargate task; sleep 1"]},
-    "fails": {"image": "python:3.12-slim", "command": ["sh", "-c", "echo about to fail >&2; exit 3"]},
-    "cancelled": {"image": "python:3.12-slim", "command": ["sh", "-c", "echo working; sleep 120"]},
+    "succeeds": {"image": PYTHON_IMAGE, "command": ["sh", "-c", "echo hello from a local Fargate task; sleep 1"]},
+    "fails": {"image": PYTHON_IMAGE, "command": ["sh", "-c", "echo about to fail >&2; exit 3"]},
+    # it handles SIGTERM: a container's PID 1 ignores the signals it has no handler for, so without the trap it would
+    # be killed only once the stop timeout (30 s) runs out
+    "cancelled": {
+        "image": PYTHON_IMAGE,
+        "command": ["sh", "-c", "trap 'echo stopping; exit 143' TERM; echo working; sleep 120 & wait $!"],
+    },
 }
 
 
@@ -26,15 +33,15 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def demo(config: LocalConfig) -> int:
-    from taskrunner_local.cli import free_port
+    from taskrunner_local.cli import announce, free_port
 
     if not _port_free(config.host, config.api_port):
         config.api_port = free_port()
     if not _port_free(config.host, config.aws_port):
         config.aws_port = free_port()
     config.echo_function_logs = False
-    print("starting the local stack…", flush=True)
-    with LocalStack(config) as stack:
+    choice = announce(config)
+    with LocalStack(config, choice) as stack:
         client = TaskRunnerClient(stack.api_url)
         print(f"API at {stack.api_url}; submitting three tasks…", flush=True)
         ids = {name: client.submit({**spec, "name": f"demo-{name}"})["task_id"] for name, spec in DEMO_TASKS.items()}

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from taskrunner_local.containers import ContainerLauncher
 from taskrunner_local.deploy import Deployer, Deployment
 from taskrunner_local.engine import Engine
 from taskrunner_local.gateway import Gateway
+from taskrunner_local.images import BUSYBOX_IMAGE, PYTHON_IMAGE
 from taskrunner_local.runtime import FunctionSpec, LambdaRuntime
 from taskrunner_local.sam import SamApp
 from taskrunner_local.scheduler import SchedulerTicker
@@ -28,13 +31,89 @@ class EngineUnavailable(RuntimeError):
     """Container mode was asked for and no container engine works: the stack does not start."""
 
 
+#: how to get container mode on a machine without it
+HOW_TO_GET_CONTAINERS = "`make engine images` (as root, on Debian) installs Podman and builds the task images"
+
+
+@dataclass(frozen=True)
+class AgentChoice:
+    """The agent mode that runs (`container` or `process`), what was asked for and why it is this one."""
+
+    #: what runs: `container` or `process`
+    mode: str
+    #: what was asked for: `auto`, `container` or `process`
+    requested: str
+    #: why this mode runs, in a few words (`auto: podman 4.3.1 works`)
+    reason: str
+    #: the engine container mode runs with
+    engine: Engine | None = None
+    #: offline task images container mode finds missing from the engine's store
+    missing_images: tuple[str, ...] = ()
+
+    @property
+    def fallback(self) -> bool:
+        """Process mode because no engine works, not because it was asked for: announced loudly."""
+        return self.mode == "process" and self.requested == "auto"
+
+    def headline(self) -> str:
+        """`container (auto: podman 4.3.1 works)`: the mode that runs and why."""
+        if self.mode == "process":
+            return f"process ({self.reason}) — tasks are host processes, not isolated"
+        return f"container ({self.reason})"
+
+    def warnings(self) -> list[str]:
+        """What the user must read before trusting the stack: a fallback to host processes, missing images."""
+        lines = []
+        if self.fallback:
+            lines += [
+                "WARNING: no container engine works, so tasks run as HOST PROCESSES (process mode): no isolation,",
+                "  they see this machine's files, processes and 127.0.0.1, and their image is only recorded.",
+                f"  why: {self.reason.removeprefix('auto: no container engine works: ')}",
+                f"  for container mode: {HOW_TO_GET_CONTAINERS}, then start again",
+                "  (TASKRUNNER_AGENT_MODE=process or --agent-mode process chooses process mode on purpose).",
+            ]
+        if self.missing_images:
+            lines.append(
+                f"WARNING: images {', '.join(self.missing_images)} are not built: `make images` builds "
+                f"{PYTHON_IMAGE} and busybox (offline, from Debian packages)"
+            )
+        return lines
+
+
+def choose_agent_mode(requested: str) -> AgentChoice:
+    """The agent mode to run for `requested` (`auto`, `container` or `process`): container mode when asked for
+    (EngineUnavailable without a working engine) or, in `auto`, when an engine works; process mode otherwise."""
+    if requested == "process":
+        return AgentChoice("process", requested, "chosen explicitly")
+    if requested not in ("auto", "container"):
+        raise ValueError(f"agent mode {requested!r} is none of auto, container, process")
+    engine = Engine.detect()
+    if engine is None:
+        why = Engine.why_not() or "no engine was found"
+        if requested == "container":
+            raise EngineUnavailable(f"container mode needs a container engine and none works: {why}")
+        return AgentChoice("process", requested, f"auto: no container engine works: {why}")
+    try:
+        works = f"{engine.name} {engine.version()} works"
+    except (OSError, RuntimeError, subprocess.TimeoutExpired) as error:
+        if requested == "container":
+            raise EngineUnavailable(f"container mode needs a container engine and none works: {error}") from error
+        return AgentChoice("process", requested, f"auto: no container engine works: {error}")
+    reason = f"auto: {works}" if requested == "auto" else f"chosen explicitly, {works}"
+    missing = tuple(image for image in (PYTHON_IMAGE, BUSYBOX_IMAGE) if not engine.image_exists(image))
+    return AgentChoice("container", requested, reason, engine, missing)
+
+
 def _agent_log(line: str) -> None:
     print(f"[agent] {line}", flush=True)
 
 
 class LocalStack:
-    def __init__(self, config: LocalConfig | None = None) -> None:
+    def __init__(self, config: LocalConfig | None = None, choice: AgentChoice | None = None) -> None:
+        """`choice`: the agent mode already chosen (by `choose_agent_mode`); chosen at start from
+        `config.agent_mode` when None."""
         self.config = config or LocalConfig()
+        self.choice = choice
         self.aws = AwsServer(self.config)
         self.session: EndpointSession | None = None
         self.deployment: Deployment | None = None
@@ -44,7 +123,6 @@ class LocalStack:
         self.ticker: SchedulerTicker | None = None
         self._work_dir: Path | None = None
         self._own_work_dir = False
-        self._engine: Engine | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -57,11 +135,8 @@ class LocalStack:
             self._work_dir = config.work_dir
             self._work_dir.mkdir(parents=True, exist_ok=True)
         try:
-            if config.agent_mode == "container":
-                self._engine = Engine.detect()
-                if self._engine is None:
-                    why = Engine.why_not()
-                    raise EngineUnavailable(f"container mode needs a container engine and none works: {why}")
+            if self.choice is None:
+                self.choice = choose_agent_mode(config.agent_mode)
             self.aws.start()
             self.session = EndpointSession(config)
             app = SamApp(config.root / "template.yaml")
@@ -103,9 +178,10 @@ class LocalStack:
         assert self.session is not None and self._work_dir is not None
         config = self.config
         launcher: Launcher | None = None
-        if self._engine is not None:
+        assert self.choice is not None
+        if self.choice.engine is not None:
             launcher = ContainerLauncher(
-                self._engine,
+                self.choice.engine,
                 stack_name=config.stack_name,
                 region=config.region,
                 work_dir=self._work_dir / "containers",

@@ -1,9 +1,10 @@
-"""Hostile tasks against the local Fargate agent (process mode), over HTTP on the real local stack: daemons that
+"""Hostile tasks against the local Fargate agent, over HTTP on the real local stack (container mode, or process
+mode with TASKRUNNER_E2E_AGENT_MODE=process; a container's processes are on this machine's /proc too): daemons that
 leave their process group, a main process that ignores SIGTERM, a fork bomb, a line longer than a log event,
 a flood of lines while the log stream is stalled, and launches or supervision that fail inside the agent.
 
 Whatever a task does, it must end (no task left RUNNING or PROVISIONING), leave no process, cgroup or working
-directory behind, and keep its output within CloudWatch's limits without losing or repeating a line."""
+directory or container behind, and keep its output within CloudWatch's limits without losing or repeating a line."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import pytest
 import requests
 
 from taskrunner_local.client import TaskRunnerClient
+from taskrunner_local.containers import TASK_ARN_LABEL, ContainerLauncher
+from taskrunner_local.images import PYTHON_IMAGE
 from taskrunner_local.limits import CGROUP_ROOT, TASK_PIDS_MAX
 from taskrunner_local.stack import LocalStack
 from tests.support.local_tasks import processes_with, shell, wait_until
@@ -44,12 +47,18 @@ def sleeping(argument: str) -> list[int]:
 
 
 def leftovers(stack: LocalStack, ecs_task_arn: str) -> list[str]:
-    """The task's cgroups and working directory, if any is still there."""
+    """The task's cgroups, working directory and container, if any is still there."""
     task_id = ecs_task_arn.rsplit("/", 1)[-1]
     cgroups = [CGROUP_ROOT / c / "taskrunner-local" / task_id for c in ("memory", "cpu", "pids", "freezer")]
     cgroups.append(CGROUP_ROOT / "taskrunner-local" / task_id)
     assert stack.agent is not None
-    return [str(p) for p in cgroups if p.exists()] + [str(p) for p in stack.agent.work_dir.glob(f"task-{task_id}-*")]
+    found = [str(p) for p in cgroups if p.exists()] + [str(p) for p in stack.agent.work_dir.glob(f"task-{task_id}-*")]
+    launcher = stack.agent.launcher
+    if isinstance(launcher, ContainerLauncher):
+        listed = launcher.engine.run("ps", "-a", "-q", "--filter", f"label={TASK_ARN_LABEL}={ecs_task_arn}")
+        assert listed.returncode == 0, listed.stderr
+        found += [f"container {container}" for container in listed.stdout.split()]
+    return found
 
 
 def all_logs(stack: LocalStack, task_id: str) -> list[str]:
@@ -162,7 +171,7 @@ def test_a_line_longer_than_a_log_event_is_split_like_the_awslogs_driver_splits_
     unit = "\u00e9\u20ac\U0001f600a"
     count = 1_048_576 // len(unit.encode()) + 3
     code = f"import sys; sys.stdout.buffer.write(({unit!r} * {count}).encode() + b'\\ndone\\n')"
-    task = api.wait(api.submit({"image": "python:3.12-slim", "command": ["python3", "-c", code]})["task_id"])
+    task = api.wait(api.submit({"image": PYTHON_IMAGE, "command": ["python3", "-c", code]})["task_id"])
     assert task["status"] == "SUCCEEDED"
     events = all_logs(stack, task["task_id"])
     assert events[-1] == "done"
@@ -243,7 +252,9 @@ def test_a_launch_that_raises_in_the_agent_stops_the_ecs_task_as_failed_to_start
     task = stopped()
     assert task is not None
     assert task["stopCode"] == "TaskFailedToStart"
-    assert task["stoppedReason"].startswith("CannotStartContainerError: ")
+    # a container is created with the override (the engine's create refuses it), a process is started with it
+    step = "Create" if stack.agent.launcher.mode == "container" else "Start"  # type: ignore[union-attr]
+    assert task["stoppedReason"].startswith(f"Cannot{step}ContainerError: ")
     assert "null byte" in task["stoppedReason"]
     assert thread_errors == []
     assert stack.agent is not None
@@ -256,20 +267,21 @@ def test_a_launch_that_raises_in_the_agent_stops_the_ecs_task_as_failed_to_start
 def test_an_agent_error_after_the_start_settles_the_task_and_kills_its_processes(
     stack: LocalStack, api: TaskRunnerClient, thread_errors: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Given an agent that breaks down once the task's main process has exited, as it reads the exit status
     assert stack.agent is not None
-    factory = stack.agent.limits
-    for_task = factory.for_task
+    launcher = stack.agent.launcher
+    start = launcher.start
 
-    def failing_limits(*args: Any) -> Any:
-        limits = for_task(*args)
+    def failing_start(task: Any, launch: Any) -> Any:
+        execution = start(task, launch)
 
-        def oom_killed() -> bool:
+        def exit_status(returncode: int) -> tuple[int, bool]:
             raise RuntimeError("the agent broke down")
 
-        limits.oom_killed = oom_killed
-        return limits
+        execution.exit_status = exit_status  # type: ignore[method-assign]
+        return execution
 
-    monkeypatch.setattr(factory, "for_task", failing_limits)
+    monkeypatch.setattr(launcher, "start", failing_start)
     daemon = seconds(1006)
     task = api.wait(api.submit(shell(f"setsid sleep {daemon} & echo started"))["task_id"], timeout=30)
     assert task["status"] == "FAILED" and task["stop_code"] == "EssentialContainerExited"

@@ -12,6 +12,8 @@ import uuid
 from taskrunner_local.cli import free_port
 from taskrunner_local.client import TaskRunnerClient
 from taskrunner_local.config import ROOT
+from taskrunner_local.engine import Engine
+from taskrunner_local.images import BUSYBOX_IMAGE, PYTHON_IMAGE
 from tests.e2e.test_local_stack import processes_with
 from tests.support.local_tasks import read_banner
 
@@ -33,10 +35,20 @@ def test_up_serves_the_api_and_ctrl_c_stops_everything() -> None:
         banner = "".join(output)
         assert f"http://127.0.0.1:{api_port}" in banner and f"http://127.0.0.1:{aws_port}" in banner
         assert f"curl -X POST localhost:{api_port}/tasks" in banner and "AWS_ENDPOINT_URL" in banner
+        # the default agent mode, auto: containers where an engine works (else the loud fallback to processes)
+        engine = Engine.detect()
+        if engine is None:
+            assert "agent mode: process (auto: no container engine works:" in banner, banner
+            assert "WARNING: no container engine works" in banner, banner
+        else:
+            assert f"agent mode: container (auto: {engine.name} {engine.version()} works)" in banner, banner
+            assert f"Agent mode     container (auto: {engine.name} " in banner, banner
+            assert f'"image":"{PYTHON_IMAGE}"' in banner
 
         api = TaskRunnerClient(f"http://127.0.0.1:{api_port}")
         marker = f"cli-{uuid.uuid4().hex}"
-        task_id = api.submit({"image": "busybox", "command": ["sh", "-c", f"sleep 300 # {marker}"]})["task_id"]
+        # (busybox's sh execs a last command in place of itself: one after the sleep keeps the marker's shell)
+        task_id = api.submit({"image": BUSYBOX_IMAGE, "command": ["sh", "-c", f"sleep 300; : {marker}"]})["task_id"]
         api.wait(task_id, {"RUNNING"})
         assert processes_with(marker)
     finally:

@@ -25,6 +25,7 @@ from taskrunner_local import gateway as gateway_module
 from taskrunner_local.cli import _check_port
 from taskrunner_local.client import TERMINAL, TaskRunnerClient
 from taskrunner_local.gateway import Gateway
+from taskrunner_local.images import PYTHON_IMAGE
 from taskrunner_local.runtime import Invocation
 from taskrunner_local.sam import HttpRoute
 from taskrunner_local.stack import LocalStack
@@ -465,7 +466,7 @@ def test_stop_is_prompt_with_clients_connected() -> None:
 
 def test_a_burst_of_200_submissions_from_50_threads_is_all_accepted_run_and_metered(stack: LocalStack) -> None:
     url = f"{stack.api_url}/tasks"
-    spec = {"image": "python:3.12-slim", "command": ["sh", "-c", "true"]}
+    spec = {"image": PYTHON_IMAGE, "command": ["sh", "-c", "true"]}
     started = time.monotonic()
 
     def submit(i: int) -> tuple[int, str, float]:

@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from taskrunner_local.client import TERMINAL, TaskRunnerClient
+from taskrunner_local.images import BUSYBOX_IMAGE
 from taskrunner_local.stack import LocalStack
 
 TIMEOUT = 30
@@ -115,7 +116,7 @@ def test_any_id_that_names_no_task_is_404(stack: LocalStack, task_id: str, metho
 
 @pytest.mark.parametrize("token", ["f/-100", "b/0", "b/99999999", "f/" + "9" * 80])
 def test_forged_log_tokens_are_422(stack: LocalStack, api: TaskRunnerClient, token: str):
-    task = api.submit({"image": "busybox", "command": ["sh", "-c", "echo one; echo two"]})
+    task = api.submit({"image": BUSYBOX_IMAGE, "command": ["sh", "-c", "echo one; echo two"]})
     api.wait(task["task_id"])
     response = requests.get(
         f"{stack.api_url}/tasks/{task['task_id']}/logs", params={"next_token": token}, timeout=TIMEOUT
@@ -133,7 +134,7 @@ def test_methods_a_route_does_not_serve_are_405_with_allow(stack: LocalStack, me
 def test_a_page_of_logs_stays_small_however_long_the_lines(stack: LocalStack, api: TaskRunnerClient):
     # Given a task that printed 3 MB in 200 KB lines
     script = "i=0; while [ $i -lt 15 ]; do head -c 200000 /dev/zero | tr '\\0' x; echo; i=$((i+1)); done"
-    task = api.wait(api.submit({"image": "busybox", "command": ["sh", "-c", script]})["task_id"])
+    task = api.wait(api.submit({"image": BUSYBOX_IMAGE, "command": ["sh", "-c", script]})["task_id"])
     assert task["status"] == "SUCCEEDED"
     # When its logs are read with the largest page size
     sizes, lines, token = [], 0, None

@@ -13,6 +13,7 @@ import requests
 from taskrunner.fargate import billed_seconds, charge, region_prices
 
 from taskrunner_local.client import TaskRunnerClient
+from taskrunner_local.images import BUSYBOX_IMAGE, PYTHON_IMAGE
 from taskrunner_local.stack import LocalStack
 from tests.support.local_tasks import processes_with, shell, wait_until
 
@@ -21,7 +22,7 @@ def test_the_readme_curl_succeeds_with_60_billed_seconds_and_its_output_in_the_l
     # `curl -X POST localhost:3000/tasks -d '{...}'` sends the JSON as a form
     response = requests.post(
         f"{stack.api_url}/tasks",
-        data='{"image":"python:3.12-slim","command":["sh","-c","echo hi"]}',
+        data=f'{{"image":"{PYTHON_IMAGE}","command":["sh","-c","echo hi"]}}',
         headers={"Content-Type": "application/x-www-form-urlencoded"},
         timeout=30,
     )
@@ -103,7 +104,7 @@ def test_a_non_zero_exit_is_failed_with_that_exit_code(stack: LocalStack, api: T
 
 
 def test_a_command_that_cannot_start_fails_to_start(api: TaskRunnerClient) -> None:
-    task = api.wait(api.submit({"image": "busybox", "command": ["/no/such/program"]})["task_id"])
+    task = api.wait(api.submit({"image": BUSYBOX_IMAGE, "command": ["/no/such/program"]})["task_id"])
     assert task["status"] == "FAILED" and task["stop_code"] == "TaskFailedToStart"
     assert task["status_reason"].startswith("CannotStartContainerError")
 
@@ -128,7 +129,10 @@ def test_a_timeout_is_timed_out_and_its_process_is_gone(api: TaskRunnerClient) -
 
 def test_a_cancel_is_cancelled_with_user_initiated_and_its_process_is_gone(api: TaskRunnerClient) -> None:
     marker = f"cancel-{uuid.uuid4().hex}"
-    task_id = api.submit(shell(f"echo started; sleep 300 # {marker}"))["task_id"]
+    # A task that handles SIGTERM: in container mode its shell is PID 1, which ignores the signals it has no
+    # handler for (as on ECS), so without the trap it would be killed with 137 once the stop timeout ran out
+    script = f"trap 'exit 143' TERM; echo started; sleep 300 & wait $! # {marker}"
+    task_id = api.submit(shell(script))["task_id"]
     api.wait(task_id, {"RUNNING"})
     response = api.cancel(task_id)
     assert response.status_code == 202 and response.json()["status"] == "CANCELLED"

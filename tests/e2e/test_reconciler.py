@@ -13,6 +13,7 @@ from taskrunner.fargate import billed_seconds
 
 from taskrunner_local.client import TaskRunnerClient
 from taskrunner_local.config import ROOT
+from taskrunner_local.images import PYTHON_IMAGE
 from taskrunner_local.stack import LocalStack
 from tests.support.local_tasks import wait_until
 
@@ -20,7 +21,7 @@ SCHEDULED = json.loads((ROOT / "events" / "reconcile" / "scheduled.json").read_t
 
 
 def shell(script: str, **spec: object) -> dict[str, object]:
-    return {"image": "python:3.12-slim", "command": ["sh", "-c", script], **spec}
+    return {"image": PYTHON_IMAGE, "command": ["sh", "-c", script], **spec}
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import requests
 
 from taskrunner_local.client import TaskRunnerClient
+from taskrunner_local.images import BUSYBOX_IMAGE
 from taskrunner_local.stack import LocalStack
 
 
@@ -16,7 +17,7 @@ def schedule(name: str, expression: str, command: str, **fields: object) -> dict
     return {
         "name": name,
         "schedule_expression": expression,
-        "task": {"image": "busybox", "command": ["sh", "-c", command]},
+        "task": {"image": BUSYBOX_IMAGE, "command": ["sh", "-c", command]},
         **fields,
     }
 

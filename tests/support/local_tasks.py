@@ -7,10 +7,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from taskrunner_local.images import PYTHON_IMAGE
+
 
 def shell(script: str, **spec: object) -> dict[str, object]:
-    """A task spec that runs `script` with sh."""
-    return {"image": "python:3.12-slim", "command": ["sh", "-c", script], **spec}
+    """A task spec that runs `script` with sh, in the offline Python image (a container in container mode, a host
+    process in process mode)."""
+    return {"image": PYTHON_IMAGE, "command": ["sh", "-c", script], **spec}
 
 
 def processes_with(marker: str) -> list[int]:
