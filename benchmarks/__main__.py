@@ -5,35 +5,39 @@
 - the API function's cold import, next to a minimal Powertools + pydantic + boto3 handler;
 - the orchestration cost of one successful task (state transitions, Lambda invocations);
 - the resident memory of the stack's process (the benchmark runs it in-process: /proc/self/status) when idle,
-  and after a burst of tasks that print a lot, part of it as lines far longer than a log event.
+  and after a burst of tasks that print a lot, part of it as lines far longer than a log event;
+- container mode (`container_mode.py`, in a child process): submit → RUNNING and a burst's tasks/s with the agent
+  running containers, next to the engine's own `run --rm busybox true`, and where submit → RUNNING goes.
+
+`--only process` or `--only container` runs one part; `--help` lists the sample sizes.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
+import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from pathlib import Path
 from typing import Any
 
+from benchmarks import container_mode
+from benchmarks.container_mode import ContainerResult
+from benchmarks.measures import Row, burst, percentile, print_table, timed_submissions
 from taskrunner_local.cli import free_port
-from taskrunner_local.client import TERMINAL, TaskRunnerClient
+from taskrunner_local.client import TaskRunnerClient
 from taskrunner_local.config import LocalConfig
 from taskrunner_local.stack import LocalStack
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
+PARTS = ("process", "container")
 
 
 def bare_spawn_ms(samples: int) -> list[float]:
@@ -48,60 +52,8 @@ def bare_spawn_ms(samples: int) -> list[float]:
 
 
 def submit_to_running_ms(api: TaskRunnerClient, samples: int) -> list[float]:
-    durations = []
-    for _ in range(samples):
-        started = time.perf_counter()
-        task_id = api.submit({"image": "busybox", "command": ["sleep", "0.3"]})["task_id"]
-        while api.get(task_id)["status"] not in {"RUNNING", *TERMINAL}:
-            time.sleep(0.002)
-        durations.append((time.perf_counter() - started) * 1000)
-        api.wait(task_id)
-    return durations
-
-
-def burst(stack: LocalStack, api: TaskRunnerClient, count: int, clients: int) -> dict[str, Any]:
-    started = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        ids = list(
-            pool.map(
-                lambda i: api.submit({"image": "busybox", "command": ["sh", "-c", f"echo {i}"]})["task_id"],
-                range(count),
-            )
-        )
-    submitted = time.perf_counter() - started
-    # Wait without flooding the system being measured: look at the oldest unfinished task until it is done,
-    # then move on (tasks finish roughly in submission order), so the whole wait costs about one GET per task.
-    statuses: dict[str, str] = {}
-    failures: dict[str, str] = {}
-    deadline = time.monotonic() + max(600, count)
-    for task_id in ids:
-        while time.monotonic() < deadline:
-            task = api.get(task_id)
-            if task["status"] in TERMINAL and task["metering"]:
-                statuses[task_id] = task["status"]
-                if task["status"] != "SUCCEEDED":
-                    failures[task_id] = f"{task['status']}: {task['status_reason']}"
-                break
-            time.sleep(0.1)
-    elapsed = time.perf_counter() - started
-    ddb = stack.client("dynamodb")
-    table = stack.deployment.outputs["TasksTableName"]  # type: ignore[union-attr]
-    per_task: dict[str, int] = dict.fromkeys(ids, 0)
-    for page in ddb.get_paginator("scan").paginate(TableName=table):  # a census after the run
-        for item in page["Items"]:
-            if item["pk"]["S"].startswith("METER#") and item["task_id"]["S"] in per_task:
-                per_task[item["task_id"]["S"]] += 1
-    return {
-        "count": count,
-        "submitted_s": submitted,
-        "elapsed_s": elapsed,
-        "throughput": len(statuses) / elapsed,
-        "terminal": len(statuses),
-        "succeeded": sum(1 for s in statuses.values() if s == "SUCCEEDED"),
-        "one_metering_record_each": all(n == 1 for n in per_task.values()),
-        "metering_records": sum(per_task.values()),
-        "failures": failures,
-    }
+    spec = {"image": "busybox", "command": ["sleep", "0.3"]}
+    return [submission.to_running_ms for submission in timed_submissions(api, samples, spec)]
 
 
 def memory_kib() -> dict[str, int]:
@@ -191,21 +143,17 @@ def orchestration_cost(stack: LocalStack, api: TaskRunnerClient) -> tuple[int, i
     return transitions, lambdas
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="make bench")
-    parser.add_argument("--latency-samples", type=int, default=50)
-    parser.add_argument("--burst", type=int, default=1000)
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--import-samples", type=int, default=10, help="cold imports of each kind (0: none)")
-    parser.add_argument("--log-burst", type=int, default=20, help="tasks of the log-heavy burst (0: none)")
-    parser.add_argument("--log-burst-mib", type=int, default=20, help="MiB each task of it prints")
-    args = parser.parse_args(argv)
-
+def process_mode(args: argparse.Namespace) -> tuple[list[Row], dict[str, str]]:
+    """The stack in process mode (the measurements of DESIGN §8): the table's rows, and the burst's failures."""
     api_import, minimal_import = cold_import_ms(args.import_samples) if args.import_samples else ([], [])
     config = LocalConfig(
-        api_port=free_port(), aws_port=free_port(), echo_function_logs=False, stack_name="taskrunner-bench"
+        api_port=free_port(),
+        aws_port=free_port(),
+        echo_function_logs=False,
+        stack_name="taskrunner-bench",
+        agent_mode="process",
     )
-    print("starting the local stack…", file=sys.stderr, flush=True)
+    print("process mode: starting the local stack…", file=sys.stderr, flush=True)
     with LocalStack(config) as stack:
         api = TaskRunnerClient(stack.api_url)
         api.wait(api.submit({"image": "busybox", "command": ["true"]})["task_id"])  # warm every function
@@ -279,14 +227,111 @@ def main(argv: list[str] | None = None) -> int:
             ("  of which its logs, kept by the emulator", f"{kept:.0f} MiB", ""),
             ("stack process peak RSS (VmHWM)", f"{logs['memory']['VmHWM'] / 1024:.0f} MiB", ""),
         ]
-    for task_id, reason in (result["failures"] if result else {}).items():
+    return rows, result["failures"] if result else {}
+
+
+def container_mode_in_child(args: argparse.Namespace) -> ContainerResult:
+    """Container mode in a fresh process: moto and its patches are process-wide, so the stacks of the two
+    modes cannot share one, and this process's memory figures stay the process-mode stack's alone."""
+    with tempfile.TemporaryDirectory(prefix="taskrunner-bench-") as folder:
+        out = Path(folder) / "container.json"
+        options = [
+            *("--container-latency-samples", str(args.container_latency_samples)),
+            *("--container-burst", str(args.container_burst)),
+            *("--reference-samples", str(args.reference_samples)),
+            *("--clients", str(args.clients)),
+        ]
+        command = [sys.executable, "-m", "benchmarks", "--only", "container", "--rows-to", str(out), *options]
+        # the child's stack prints its agent's lines on stdout: keep them out of this table
+        done = subprocess.run(command, cwd=ROOT, stdout=sys.stderr, check=False)
+        if done.returncode != 0 or not out.is_file():
+            return ContainerResult(rows=[("container mode", "failed:", f"exit status {done.returncode}")])
+        saved = json.loads(out.read_text())
+    return ContainerResult(
+        rows=[(name, value, target) for name, value, target in saved["rows"]],
+        breakdown=[(name, value, note) for name, value, note in saved["breakdown"]],
+        burst_engine=[(name, value, note) for name, value, note in saved["burst_engine"]],
+        failures=saved["failures"],
+    )
+
+
+DESCRIPTION = """\
+Benchmark the local stack and print a table next to the design's targets.
+
+Process mode (the agent runs tasks as host processes): submit → RUNNING, a burst of tasks, cold imports,
+orchestration cost, memory, a log-heavy burst. Container mode (`agent_mode="container"`, busybox image
+through the project's engine): submit → RUNNING p50/p99 over sequential tasks, tasks/s over a burst, the
+engine's own `run --rm busybox true` as the reference and the stack's overhead over it, and a table of where
+container-mode submit → RUNNING goes. Container mode runs in a child process; without a working engine its
+rows say "skipped: <why>" and the benchmark still succeeds."""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written, and each option's default (when it has one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=DESCRIPTION, formatter_class=_HelpFormatter
+    )
+    parser.add_argument(
+        "--only",
+        choices=PARTS,
+        help="run one part: `process` (every process-mode measure) or `container` (container mode alone); "
+        "default: both",
+    )
+    parser.add_argument("--latency-samples", type=int, default=50, help="process mode: sequential tasks")
+    parser.add_argument("--burst", type=int, default=1000, help="process mode: tasks of the burst (0: none)")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent submitters of a burst (both modes)")
+    parser.add_argument("--import-samples", type=int, default=10, help="cold imports of each kind (0: none)")
+    parser.add_argument("--log-burst", type=int, default=20, help="tasks of the log-heavy burst (0: none)")
+    parser.add_argument("--log-burst-mib", type=int, default=20, help="MiB each task of it prints")
+    parser.add_argument(
+        "--container-latency-samples",
+        type=int,
+        default=30,
+        help="container mode: sequential tasks for submit → RUNNING and its breakdown",
+    )
+    parser.add_argument("--container-burst", type=int, default=100, help="container mode: tasks of the burst (0: none)")
+    parser.add_argument(
+        "--reference-samples",
+        type=int,
+        default=20,
+        help="container mode: warm `run --rm busybox true` of the engine, per network",
+    )
+    parser.add_argument("--rows-to", type=Path, help=argparse.SUPPRESS)  # the child's container-mode rows, as JSON
+    args = parser.parse_args(argv)
+    parts = [args.only] if args.only else list(PARTS)
+
+    rows: list[Row] = []
+    failures: dict[str, str] = {}
+    if "process" in parts:
+        rows, failures = process_mode(args)
+    container: ContainerResult | None = None
+    if "container" in parts:
+        if args.only == "container":
+            container = container_mode.measure(
+                args.container_latency_samples, args.container_burst, args.clients, args.reference_samples
+            )
+        else:
+            container = container_mode_in_child(args)
+        if args.rows_to is not None:
+            args.rows_to.write_text(json.dumps(dataclasses.asdict(container)))
+            return 0
+        rows += container.rows
+        failures.update(container.failures)
+    for task_id, reason in failures.items():
         print(f"not succeeded: {task_id} {reason}", file=sys.stderr)
-    width = max(len(r[0]) for r in rows)
-    value_width = max(len(r[1]) for r in rows)
-    print(f"\n{'measure':<{width}}  {'value':>{value_width}}  target")
-    print("-" * (width + value_width + 12))
-    for name, value, target in rows:
-        print(f"{name:<{width}}  {value:>{value_width}}  {target}")
+    print_table(rows)
+    if container is not None and container.breakdown:
+        print("\nwhere container-mode submit → RUNNING goes (per task; in the order it happens):")
+        print_table(container.breakdown, ("part", "median / mean", "note"))
+    if container is not None and container.burst_engine:
+        print("\ncontainer-mode burst: the engine commands its tasks ran (wall time, concurrent):")
+        print_table(container.burst_engine, ("command", "count x mean", "total"))
     return 0
 
 
