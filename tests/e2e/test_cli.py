@@ -12,6 +12,7 @@ import uuid
 from taskrunner_local.cli import free_port
 from taskrunner_local.client import TaskRunnerClient
 from taskrunner_local.config import ROOT
+from taskrunner_local.containers import stack_label
 from taskrunner_local.engine import Engine
 from taskrunner_local.images import BUSYBOX_IMAGE, PYTHON_IMAGE
 from tests.e2e.test_local_stack import processes_with
@@ -20,7 +21,9 @@ from tests.support.local_tasks import read_banner
 
 def test_up_serves_the_api_and_ctrl_c_stops_everything() -> None:
     api_port, aws_port = free_port(), free_port()
-    env = {**os.environ, "TASKRUNNER_QUIET": "1", "PYTHONUNBUFFERED": "1"}
+    stack_name = f"cli-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "TASKRUNNER_QUIET": "1", "PYTHONUNBUFFERED": "1", "TASKRUNNER_STACK_NAME": stack_name}
+    engine = Engine.detect()
     process = subprocess.Popen(
         [sys.executable, "-m", "taskrunner_local", "up", "--api-port", str(api_port), "--aws-port", str(aws_port)],
         cwd=ROOT,
@@ -36,7 +39,6 @@ def test_up_serves_the_api_and_ctrl_c_stops_everything() -> None:
         assert f"http://127.0.0.1:{api_port}" in banner and f"http://127.0.0.1:{aws_port}" in banner
         assert f"curl -X POST localhost:{api_port}/tasks" in banner and "AWS_ENDPOINT_URL" in banner
         # the default agent mode, auto: containers where an engine works (else the loud fallback to processes)
-        engine = Engine.detect()
         if engine is None:
             assert "agent mode: process (auto: no container engine works:" in banner, banner
             assert "WARNING: no container engine works" in banner, banner
@@ -57,6 +59,9 @@ def test_up_serves_the_api_and_ctrl_c_stops_everything() -> None:
     assert process.returncode == 0, "".join(output) + remaining
     assert "no task process is left running" in remaining
     assert processes_with(marker) == []
+    if engine is not None:  # nor any container of the stack
+        listed = engine.run("ps", "-a", "-q", "--filter", f"label={stack_label(stack_name)}")
+        assert (listed.returncode, listed.stdout.split()) == (0, [])
     endpoint = f"AWS_ENDPOINT_URL=http://127.0.0.1:{aws_port}".encode()
     assert [pid for pid in processes_with("lambda_worker.py") if endpoint in _environ(pid)] == []
 
