@@ -30,7 +30,7 @@ from typing import Any
 
 from benchmarks import container_mode
 from benchmarks.container_mode import ContainerResult
-from benchmarks.measures import Row, burst, percentile, print_table, timed_submissions
+from benchmarks.measures import Row, burst, burst_rows, percentile, print_table, timed_submissions
 from taskrunner_local.cli import free_port
 from taskrunner_local.client import TaskRunnerClient
 from taskrunner_local.config import LocalConfig
@@ -181,21 +181,7 @@ def process_mode(args: argparse.Namespace) -> tuple[list[Row], dict[str, str]]:
         ),
     ]
     if result is not None:
-        rows += [
-            (f"burst of {result['count']}: throughput", f"{result['throughput']:.1f} tasks/s", "≥ 20 tasks/s"),
-            (f"burst of {result['count']}: submitted in", f"{result['submitted_s']:.1f} s", ""),
-            (f"burst of {result['count']}: all terminal in", f"{result['elapsed_s']:.1f} s", ""),
-            (
-                "burst: terminal / succeeded",
-                f"{result['terminal']} / {result['succeeded']}",
-                f"{result['count']} / {result['count']}",
-            ),
-            (
-                "burst: one metering record each",
-                f"{result['one_metering_record_each']} ({result['metering_records']} records)",
-                "True",
-            ),
-        ]
+        rows += burst_rows(result, throughput_target="≥ 20 tasks/s")
     if api_import:
         rows += [
             ("API function cold import (median)", f"{statistics.median(api_import):.0f} ms", ""),

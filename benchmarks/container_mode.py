@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.measures import Row, Submission, burst, percentile, timed_submissions
+from benchmarks.measures import Row, Submission, burst, burst_rows, percentile, timed_submissions
 from taskrunner_local import containers as containers_module
 from taskrunner_local import engine as engine_module
 from taskrunner_local import moto_patches
@@ -406,18 +406,7 @@ def measure(latency_samples: int, burst_count: int, clients: int, reference_samp
     if result is not None:
         count = result["count"]
         rows += [
-            (f"container: burst of {count}: throughput", f"{result['throughput']:.1f} tasks/s", ""),
-            (f"container: burst of {count}: all terminal in", f"{result['elapsed_s']:.1f} s", ""),
-            (
-                "container: burst: terminal / succeeded",
-                f"{result['terminal']} / {result['succeeded']}",
-                f"{count} / {count}",
-            ),
-            (
-                "container: burst: one metering record each",
-                f"{result['one_metering_record_each']} ({result['metering_records']} records)",
-                "True",
-            ),
+            *burst_rows(result, prefix="container: "),
             ("container: burst: CPU of the engine commands per task", f"{engine_cpu / count * 1000:.0f} ms", ""),
         ]
     rows += [

@@ -98,6 +98,22 @@ def burst(stack: LocalStack, api: TaskRunnerClient, count: int, clients: int, im
 Row = tuple[str, str, str]
 
 
+def burst_rows(result: dict[str, Any], prefix: str = "", throughput_target: str = "") -> list[Row]:
+    """The table's rows for a `burst` result, each measure named after `prefix`."""
+    count = result["count"]
+    return [
+        (f"{prefix}burst of {count}: throughput", f"{result['throughput']:.1f} tasks/s", throughput_target),
+        (f"{prefix}burst of {count}: submitted in", f"{result['submitted_s']:.1f} s", ""),
+        (f"{prefix}burst of {count}: all terminal in", f"{result['elapsed_s']:.1f} s", ""),
+        (f"{prefix}burst: terminal / succeeded", f"{result['terminal']} / {result['succeeded']}", f"{count} / {count}"),
+        (
+            f"{prefix}burst: one metering record each",
+            f"{result['one_metering_record_each']} ({result['metering_records']} records)",
+            "True",
+        ),
+    ]
+
+
 def print_table(rows: list[Row], header: tuple[str, str, str] = ("measure", "value", "target")) -> None:
     width = max(len(r[0]) for r in [*rows, header])
     value_width = max(len(r[1]) for r in [*rows, header])
