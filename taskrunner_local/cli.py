@@ -45,6 +45,7 @@ def banner(stack: LocalStack) -> str:
     image = PYTHON_IMAGE
     warned = stack.choice.warnings()
     warnings = "".join(f"\n{line}" for line in warned) + ("\n" if warned else "")
+    ecr = "".join(f"\n  {line}" for line in stack.ecr_lines())
     return f"""
 taskrunner is up (stack {deployment.stack_name}, everything on this machine)
 
@@ -57,6 +58,8 @@ Run a task:
   curl -X POST localhost:{port}/tasks -d '{{"image":"{image}","command":["sh","-c","echo hi"]}}'
   curl localhost:{port}/tasks/<task_id>
   curl localhost:{port}/tasks/<task_id>/logs
+
+Push your own images:{ecr}
 
 Point the AWS CLI or boto3 at the endpoint (any credentials work):
   export AWS_ENDPOINT_URL={endpoint} AWS_DEFAULT_REGION={region}

@@ -28,6 +28,8 @@ class LocalConfig:
     host: str = "127.0.0.1"
     api_port: int = field(default_factory=lambda: _int("TASKRUNNER_API_PORT", 3000))
     aws_port: int = field(default_factory=lambda: _int("TASKRUNNER_AWS_PORT", 4566))
+    #: the local ECR's registry (push to 127.0.0.1:<port>/<repository>); another free port when this one is taken
+    registry_port: int = field(default_factory=lambda: _int("TASKRUNNER_REGISTRY_PORT", 4567))
     region: str = "us-east-1"
     account: str = "123456789012"
     stack_name: str = field(default_factory=lambda: os.environ.get("TASKRUNNER_STACK_NAME", "taskrunner"))

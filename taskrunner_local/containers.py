@@ -10,20 +10,28 @@ so that a restarted agent and the stack's shutdown find them.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import dataclasses
+import json
 import math
 import platform
+import shutil
 import subprocess
+import tempfile
 import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskrunner_local.agent import Execution, ImageNotPresent, Launch, StartError, Stray, ecs_environment
 from taskrunner_local.engine import Engine
 from taskrunner_local.limits import TASK_PIDS_MAX
+
+if TYPE_CHECKING:
+    from taskrunner_local.registry import LocalEcr
 
 STACK_LABEL = "io.taskrunner.stack"
 TASK_ARN_LABEL = "io.taskrunner.ecs-task-arn"
@@ -59,6 +67,9 @@ class _Dialect:
     remove: tuple[str, ...]
     #: `ps --format`: a container's full id and the ECS task its label names
     ps_task_format: str
+    #: how a pull from the local ECR (plain HTTP on 127.0.0.1) gets its credentials: podman takes an auth file and
+    #: must be told the registry is not TLS; a Docker daemon reads `$DOCKER_CONFIG/config.json` and trusts 127.0.0.1
+    local_pull_options: tuple[str, ...]
 
 
 _DIALECTS = {
@@ -67,12 +78,14 @@ _DIALECTS = {
         init_in_static_dir=True,
         remove=("rm", "-f", "-t", "0", "--ignore"),
         ps_task_format=f'{{{{.ID}}}} {{{{index .Labels "{TASK_ARN_LABEL}"}}}}',
+        local_pull_options=("--tls-verify=false", "--authfile", "{authfile}"),
     ),
     "docker": _Dialect(
         network="bridge",
         init_in_static_dir=False,
         remove=("rm", "-f"),
         ps_task_format=f'{{{{.ID}}}} {{{{.Label "{TASK_ARN_LABEL}"}}}}',
+        local_pull_options=(),
     ),
 }
 
@@ -221,8 +234,11 @@ class ContainerLauncher:
         region: str,
         work_dir: Path,
         on_log: Callable[[str], None] | None = None,
+        registry: LocalEcr | None = None,
     ) -> None:
+        """`registry`: the stack's local ECR, which serves the ECR URIs of its account and region."""
         self.engine = engine
+        self.registry = registry
         self.dialect = _DIALECTS.get(engine.name, _DIALECTS["docker"])
         self.stack_name = stack_name
         self.region = region
@@ -242,19 +258,47 @@ class ContainerLauncher:
         )
 
     def prepare(self, launch: Launch) -> None:
-        """Nothing to look up: `create` says when the image is missing (ImageNotPresent), then `pull` gets it."""
+        """An image of the local ECR is pulled now, every time, as Fargate pulls (its tag may have moved, or the
+        image been deleted). For others there is nothing to look up: `create` says when the image is missing
+        (ImageNotPresent), then `pull` gets it."""
         if not launch.image:
             raise StartError("CannotPullContainerError: the container definition has no image")
+        if self.registry is not None and self.registry.local_reference(launch.image) is not None:
+            self.pull(launch)
+
+    def engine_image(self, image: str) -> str:
+        """The name the engine pulls and runs `image` by: the local ECR's alias for its images, else `qualified`."""
+        local = self.registry.local_reference(image) if self.registry is not None else None
+        return local or qualified(image)
 
     def pull(self, launch: Launch) -> None:
+        image = self.engine_image(launch.image)
+        local = self.registry is not None and self.registry.local_reference(launch.image) is not None
+        auth_dir = Path(tempfile.mkdtemp(prefix="pull-", dir=self.work_dir)) if local else None
         try:
-            pulled = self.engine.run("pull", "--quiet", qualified(launch.image), timeout=PULL_TIMEOUT_SECONDS)
+            engine = self.engine
+            options: tuple[str, ...] = ()
+            if self.registry is not None and auth_dir is not None:  # the local ECR's credentials, for this pull
+                user, password = self.registry.credentials()
+                authfile = auth_dir / "config.json"
+                token = base64.b64encode(f"{user}:{password}".encode()).decode()
+                authfile.write_text(json.dumps({"auths": {self.registry.endpoint: {"auth": token}}}))
+                authfile.chmod(0o600)
+                options = tuple(option.format(authfile=authfile) for option in self.dialect.local_pull_options)
+                engine = dataclasses.replace(engine, extra_env={**engine.extra_env, "DOCKER_CONFIG": str(auth_dir)})
+            pulled = engine.run("pull", "--quiet", *options, image, timeout=PULL_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:
             raise StartError(
                 f"CannotPullContainerError: pulling {launch.image} took longer than {PULL_TIMEOUT_SECONDS:.0f} s"
             ) from None
+        finally:
+            if auth_dir is not None:
+                shutil.rmtree(auth_dir, ignore_errors=True)
         if pulled.returncode != 0:
-            raise StartError(f"CannotPullContainerError: {_said(pulled)}")
+            said = _said(pulled)
+            if self.registry is not None and local and launch.image.startswith(f"{self.registry.host}/"):
+                said = said.replace(self.registry.endpoint, self.registry.host)  # the name the task gave
+            raise StartError(f"CannotPullContainerError: {said}")
 
     def start(self, task: Any, launch: Launch) -> Execution:
         args = self._create_args(task, launch)  # raises StartError for an architecture the host cannot run
@@ -371,7 +415,7 @@ class ContainerLauncher:
             # the CLIs take one program here (podman would also parse a JSON array, docker would not): ECS's
             # entryPoint is that program, then its own arguments before the command's
             args += ["--entrypoint", entry_point[0]]
-        return [*args, qualified(launch.image), *entry_point[1:], *(launch.arguments or [])]
+        return [*args, self.engine_image(launch.image), *entry_point[1:], *(launch.arguments or [])]
 
     @staticmethod
     def _name(task: Any) -> str:

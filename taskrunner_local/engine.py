@@ -26,8 +26,18 @@ ENGINE_DIR = ROOT / ".taskrunner" / "engine"
 #: written once the packages are there and the configuration is written; `make engine` is a no-op after it
 READY_STAMP = ".ready"
 
-#: the Debian packages of a daemonless engine, and the tools `make images` builds its images with
-PACKAGES = ("podman", "runc", "slirp4netns", "uidmap", "catatonit", "busybox-static", "debootstrap")
+#: the Debian packages of a daemonless engine, the tools `make images` builds its images with, and the OCI registry
+#: that stores the local ECR's images (CNCF distribution)
+PACKAGES = (
+    "podman",
+    "runc",
+    "slirp4netns",
+    "uidmap",
+    "catatonit",
+    "busybox-static",
+    "debootstrap",
+    "docker-registry",
+)
 #: one command each package installs, to tell whether it is there
 PACKAGE_COMMANDS = {
     "podman": "podman",
@@ -37,6 +47,7 @@ PACKAGE_COMMANDS = {
     "catatonit": "catatonit",
     "busybox-static": "busybox",
     "debootstrap": "debootstrap",
+    "docker-registry": "docker-registry",
 }
 _SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
 

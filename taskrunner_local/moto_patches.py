@@ -11,9 +11,12 @@ in-process Lambda runtime through them.
 
 from __future__ import annotations
 
+import base64
 import importlib
 import json
+import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +34,8 @@ class Hooks:
     on_run_task: Callable[[Any, list[Any]], None] | None = None
     on_stop_task: Callable[[Any, Any, str], None] | None = None
     invoke_lambda: LambdaInvoker | None = None
+    #: (account, region, repository, digests): BatchDeleteImage removed these images from ECR
+    on_ecr_images_deleted: Callable[[str, str, str, list[str]], None] | None = None
 
 
 HOOKS = Hooks()
@@ -737,6 +742,89 @@ def _patch_firehose_file_extension() -> list[tuple[Any, str, Any]]:
     ]
 
 
+# ---------------------------------------------------------------------------------------------- ECR
+
+#: ECR's authorization tokens are valid for 12 hours
+ECR_TOKEN_SECONDS = 12 * 3600
+#: password -> (registry id, expiry in epoch seconds) of every token GetAuthorizationToken issued
+_ECR_TOKENS: dict[str, tuple[str, float]] = {}
+_ECR_TOKENS_LOCK = threading.Lock()
+
+
+def issue_ecr_token(registry_id: str) -> tuple[str, datetime]:
+    """A new password for `registry_id`'s registry (user `AWS`) and when it expires, as GetAuthorizationToken
+    issues them; `ecr_token_valid` accepts it until then."""
+    password = secrets.token_urlsafe(48)
+    expires = time.time() + ECR_TOKEN_SECONDS
+    with _ECR_TOKENS_LOCK:
+        now = time.time()
+        for stale in [key for key, (_, at) in _ECR_TOKENS.items() if at <= now]:
+            del _ECR_TOKENS[stale]
+        _ECR_TOKENS[password] = (registry_id, expires)
+    return password, datetime.fromtimestamp(expires, UTC)
+
+
+def ecr_token_valid(registry_id: str, password: str) -> bool:
+    """Whether `password` is a token GetAuthorizationToken issued for `registry_id` that has not expired."""
+    with _ECR_TOKENS_LOCK:
+        issued = _ECR_TOKENS.get(password)
+    return issued is not None and issued[0] == registry_id and issued[1] > time.time()
+
+
+def _patch_ecr_authorization_token() -> list[tuple[Any, str, Any]]:
+    from moto.core.responses import ActionResult
+    from moto.ecr.responses import ECRResponse
+
+    def get_authorization_token(self: Any) -> Any:
+        registry_ids = self._get_param("registryIds") or [self.current_account]
+        auth_data = []
+        for registry_id in registry_ids:
+            password, expires = issue_ecr_token(registry_id)
+            auth_data.append(
+                {
+                    "authorizationToken": base64.b64encode(f"AWS:{password}".encode()).decode(),
+                    "expiresAt": expires,
+                    "proxyEndpoint": f"https://{registry_id}.dkr.ecr.{self.region}.amazonaws.com",
+                }
+            )
+        return ActionResult({"authorizationData": auth_data})
+
+    return [_replace(ECRResponse, "get_authorization_token", get_authorization_token)]
+
+
+def _patch_ecr_image_size() -> list[tuple[Any, str, Any]]:
+    from moto.ecr.models import Image
+
+    original = Image.get_image_size_in_bytes
+
+    def get_image_size_in_bytes(self: Any) -> int | None:
+        manifest = json.loads(self.image_manifest)
+        if isinstance(manifest, dict) and isinstance(manifest.get("layers"), list):
+            return sum(int(layer.get("size", 0)) for layer in manifest["layers"])
+        return original(self)  # type: ignore[no-any-return]
+
+    return [_replace(Image, "get_image_size_in_bytes", get_image_size_in_bytes)]
+
+
+def _patch_ecr_batch_delete_image() -> list[tuple[Any, str, Any]]:
+    from moto.ecr.models import ECRBackend
+
+    original = ECRBackend.batch_delete_image
+
+    def batch_delete_image(
+        self: Any, repository_name: str, registry_id: str | None = None, image_ids: Any = None
+    ) -> dict[str, Any]:
+        repository = self.repositories.get(repository_name)
+        before = {image.get_image_digest() for image in repository.images} if repository is not None else set()
+        result: dict[str, Any] = original(self, repository_name, registry_id=registry_id, image_ids=image_ids)
+        gone = before - {image.get_image_digest() for image in repository.images} if repository is not None else set()
+        if gone and HOOKS.on_ecr_images_deleted is not None:
+            HOOKS.on_ecr_images_deleted(self.account_id, self.region_name, repository_name, sorted(gone))
+        return result
+
+    return [_replace(ECRBackend, "batch_delete_image", batch_delete_image)]
+
+
 PATCHES: list[Patch] = [
     Patch(
         "sfn-normalise-parameters",
@@ -810,6 +898,24 @@ PATCHES: list[Patch] = [
         "firehose-file-extension",
         "S3 objects of a delivery stream are named without the destination's FileExtension (the archive's .gz).",
         _patch_firehose_file_extension,
+    ),
+    Patch(
+        "ecr-authorization-token",
+        "GetAuthorizationToken gives everyone the same password (`<account>-auth-token`), expired since 2015; ECR "
+        "issues a new token on each call, valid for 12 hours, which its registry then accepts.",
+        _patch_ecr_authorization_token,
+    ),
+    Patch(
+        "ecr-image-size",
+        "DescribeImages reports an image's imageSizeInBytes as the size of its config blob; ECR reports the sum of "
+        "its compressed layers.",
+        _patch_ecr_image_size,
+    ),
+    Patch(
+        "ecr-registry-delete",
+        "ECR images are records only: BatchDeleteImage forgets them but tells no registry, which would still "
+        "serve them (the local ECR's registry deletes them through a hook).",
+        _patch_ecr_batch_delete_image,
     ),
     Patch("lambda-invoke-local", "Lambda functions run only in Docker.", _patch_lambda_invoke),
     Patch("events-lambda-targets", "EventBridge rules cannot target Lambda functions.", _patch_events_lambda_targets),

@@ -22,6 +22,7 @@ from taskrunner_local.deploy import Deployer, Deployment
 from taskrunner_local.engine import Engine
 from taskrunner_local.gateway import Gateway
 from taskrunner_local.images import BUSYBOX_IMAGE, PYTHON_IMAGE
+from taskrunner_local.registry import LocalEcr, RegistryUnavailable
 from taskrunner_local.runtime import FunctionSpec, LambdaRuntime
 from taskrunner_local.sam import SamApp
 from taskrunner_local.scheduler import SchedulerTicker
@@ -108,6 +109,10 @@ def _agent_log(line: str) -> None:
     print(f"[agent] {line}", flush=True)
 
 
+def _ecr_log(line: str) -> None:
+    print(f"[ecr] {line}", flush=True)
+
+
 class LocalStack:
     def __init__(self, config: LocalConfig | None = None, choice: AgentChoice | None = None) -> None:
         """`choice`: the agent mode already chosen (by `choose_agent_mode`); chosen at start from
@@ -121,6 +126,9 @@ class LocalStack:
         self.agent: FargateAgent | None = None
         self.gateway: Gateway | None = None
         self.ticker: SchedulerTicker | None = None
+        #: the local ECR's registry; None when it cannot run (`ecr_unavailable` says why)
+        self.ecr: LocalEcr | None = None
+        self.ecr_unavailable: str | None = None
         self._work_dir: Path | None = None
         self._own_work_dir = False
 
@@ -139,6 +147,7 @@ class LocalStack:
                 self.choice = choose_agent_mode(config.agent_mode)
             self.aws.start()
             self.session = EndpointSession(config)
+            self._start_registry()
             app = SamApp(config.root / "template.yaml")
             self.deployment = Deployer(app, self.session, config.stack_name, config.region, config.account).deploy()
             self.runtime = LambdaRuntime(
@@ -174,6 +183,41 @@ class LocalStack:
             raise
         return self
 
+    def _start_registry(self) -> None:
+        """The local ECR's registry, after the AWS endpoint (it answers from moto's ECR); without
+        docker-registry the stack runs on, and says that the local ECR is unavailable and how to get it."""
+        assert self._work_dir is not None
+        config = self.config
+        ecr = LocalEcr(
+            account=config.account,
+            region=config.region,
+            host=config.host,
+            port=config.registry_port,
+            work_dir=self._work_dir / "registry",
+            on_log=_ecr_log,
+        )
+        try:
+            self.ecr = ecr.start()
+        except RegistryUnavailable as error:
+            self.ecr_unavailable = str(error)
+        else:
+            moto_patches.HOOKS.on_ecr_images_deleted = ecr.on_images_deleted
+
+    def ecr_lines(self) -> list[str]:
+        """What the banner says of the local ECR: where to push, or why it is unavailable."""
+        config = self.config
+        if self.ecr is None:
+            return [f"local ECR unavailable: {self.ecr_unavailable or 'not started'}"]
+        endpoint = self.ecr.endpoint
+        return [
+            f"local ECR {self.ecr.host} is served at {endpoint} (the engine pushes to this alias):",
+            f"  aws ecr create-repository --repository-name demo --endpoint-url {config.aws_endpoint}",
+            f"  aws ecr get-login-password --endpoint-url {config.aws_endpoint} | podman login --tls-verify=false "
+            f"-u AWS --password-stdin {endpoint}",
+            f"  podman push --tls-verify=false <image> {endpoint}/demo:latest",
+            f'  tasks run it as "image":"{self.ecr.host}/demo:latest" (or by @sha256: digest)',
+        ]
+
     def _start_agent(self) -> None:
         assert self.session is not None and self._work_dir is not None
         config = self.config
@@ -186,6 +230,7 @@ class LocalStack:
                 region=config.region,
                 work_dir=self._work_dir / "containers",
                 on_log=_agent_log,
+                registry=self.ecr,
             )
         self.agent = FargateAgent(
             AwsInside(config.account, config.region),
@@ -223,6 +268,10 @@ class LocalStack:
         moto_patches.HOOKS.invoke_lambda = None
         moto_patches.HOOKS.on_run_task = None
         moto_patches.HOOKS.on_stop_task = None
+        moto_patches.HOOKS.on_ecr_images_deleted = None
+        if self.ecr is not None:
+            self.ecr.stop()
+            self.ecr = None
         self.aws.stop()
         moto_patches.revert_all()
         if self._own_work_dir and self._work_dir is not None:

@@ -48,6 +48,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     config = LocalConfig(
         api_port=free_port(),
         aws_port=free_port(),
+        registry_port=free_port(),
         stack_name="taskrunner-e2e",
         work_dir=tmp_path_factory.mktemp("local-stack"),
         stop_timeout_seconds=5.0,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 from taskrunner_local.cli import free_port
 from taskrunner_local.client import TaskRunnerClient
@@ -53,17 +55,27 @@ def test_up_serves_the_api_and_ctrl_c_stops_everything() -> None:
         task_id = api.submit({"image": BUSYBOX_IMAGE, "command": ["sh", "-c", f"sleep 300; : {marker}"]})["task_id"]
         api.wait(task_id, {"RUNNING"})
         assert processes_with(marker)
+        registries = [pid for pid in processes_with("docker-registry") if _parent(pid) == process.pid]
+        assert registries or shutil.which("docker-registry") is None, "the local ECR's registry is not running"
     finally:
         process.send_signal(signal.SIGINT)
         remaining, _ = process.communicate(timeout=60)
     assert process.returncode == 0, "".join(output) + remaining
     assert "no task process is left running" in remaining
     assert processes_with(marker) == []
+    assert [pid for pid in registries if Path(f"/proc/{pid}").exists()] == [], "the stack's registry outlived it"
     if engine is not None:  # nor any container of the stack
         listed = engine.run("ps", "-a", "-q", "--filter", f"label={stack_label(stack_name)}")
         assert (listed.returncode, listed.stdout.split()) == (0, [])
     endpoint = f"AWS_ENDPOINT_URL=http://127.0.0.1:{aws_port}".encode()
     assert [pid for pid in processes_with("lambda_worker.py") if endpoint in _environ(pid)] == []
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _environ(pid: int) -> bytes:

@@ -6,10 +6,12 @@ a test's "reverted" half starts failing, moto has fixed the gap and the patch ca
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 from unittest.mock import MagicMock
@@ -322,6 +324,64 @@ def test_firehose_s3_objects_end_in_the_configured_file_extension(aws: None, app
     # Then its object is named with the extension (the gap: moto ignores FileExtension)
     assert key.startswith("tasks/")
     assert key.endswith(".gz") == applied
+
+
+_MANIFEST = {
+    "schemaVersion": 2,
+    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + "c" * 64, "size": 7},
+    "layers": [
+        {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:" + "a" * 64, "size": 1000},
+        {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:" + "b" * 64, "size": 234},
+    ],
+}
+
+
+@pytest.mark.parametrize("applied", [False, True])
+def test_ecr_authorization_tokens_are_fresh_and_valid_for_twelve_hours(aws: None, applied: bool) -> None:
+    ecr = boto3.client("ecr")
+    with patch_state("ecr-authorization-token", applied):
+        first, second = (ecr.get_authorization_token()["authorizationData"][0] for _ in range(2))
+    passwords = [base64.b64decode(d["authorizationToken"]).decode().partition(":") for d in (first, second)]
+    assert [user for user, _, _ in passwords] == ["AWS", "AWS"]
+    assert first["proxyEndpoint"] == f"https://123456789012.dkr.ecr.{REGION}.amazonaws.com"
+    hours_left = (first["expiresAt"] - datetime.now(UTC)).total_seconds() / 3600
+    if not applied:  # the gap: one well-known password for everyone, expired since 2015
+        assert passwords[0][2] == passwords[1][2] == "123456789012-auth-token"
+        assert first["expiresAt"].year == 2015
+        return
+    assert passwords[0][2] != passwords[1][2] and 11.9 < hours_left <= 12
+    assert all(moto_patches.ecr_token_valid("123456789012", password) for _, _, password in passwords)
+    assert not moto_patches.ecr_token_valid("210987654321", passwords[0][2])
+    assert not moto_patches.ecr_token_valid("123456789012", "123456789012-auth-token")
+
+
+@pytest.mark.parametrize("applied", [False, True])
+def test_ecr_image_size_is_the_sum_of_its_layers(aws: None, applied: bool) -> None:
+    ecr = boto3.client("ecr")
+    ecr.create_repository(repositoryName="repo")
+    ecr.put_image(repositoryName="repo", imageManifest=json.dumps(_MANIFEST), imageTag="v1")
+    with patch_state("ecr-image-size", applied):
+        [image] = ecr.describe_images(repositoryName="repo")["imageDetails"]
+    assert image["imageSizeInBytes"] == (1234 if applied else 7)  # the gap: the config blob's size
+
+
+@pytest.mark.parametrize("applied", [False, True])
+def test_ecr_batch_delete_image_tells_the_registry(aws: None, applied: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    ecr = boto3.client("ecr")
+    ecr.create_repository(repositoryName="repo")
+    digest = ecr.put_image(repositoryName="repo", imageManifest=json.dumps(_MANIFEST), imageTag="v1")["image"][
+        "imageId"
+    ]["imageDigest"]
+    told = MagicMock()
+    monkeypatch.setattr(HOOKS, "on_ecr_images_deleted", told)
+    with patch_state("ecr-registry-delete", applied):
+        ecr.batch_delete_image(repositoryName="repo", imageIds=[{"imageTag": "v1"}])
+    assert ecr.describe_images(repositoryName="repo")["imageDetails"] == []
+    if applied:
+        told.assert_called_once_with("123456789012", REGION, "repo", [digest])
+    else:  # the gap: only ECR's record goes, no registry hears of it
+        told.assert_not_called()
 
 
 def test_every_patch_reverts_cleanly() -> None:
