@@ -13,7 +13,7 @@ CHECKOV := $(CHECKOV_VENV)/bin/checkov
 SCHEMATHESIS_VENV := .tools/schemathesis
 ENGINE_READY := .taskrunner/engine/.ready
 
-.PHONY: help run demo bench venv engine images sam-cli checkov-cli schemathesis-cli test test-fast lint typecheck cfn-lint checkov schemathesis validate build events clean
+.PHONY: help run demo bench venv engine images sam-cli sam-local sam-local-stop sam-local-ready checkov-cli schemathesis-cli test test-fast lint typecheck cfn-lint checkov schemathesis validate build events clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -61,6 +61,19 @@ images: engine ## build the offline task images (busybox, Python 3.13) into the 
 
 sam-cli: $(SAM_VENV)/.installed ## install SAM CLI in its own tool environment (it pins an older boto3)
 
+# The real `sam local` (invoke, start-api, start-lambda): Podman's Docker API on .taskrunner/engine/docker-api/,
+# the Lambda base image (pulled from public.ecr.aws where it answers, else built offline from Debian packages and
+# awslambdaric) and one `sam build` for this host's architecture (redone only when its inputs change).
+sam-local: venv engine sam-cli ## prepare the real `sam local`: Docker API socket, Lambda base image, sam build
+	$(BIN)/python -m taskrunner_local.sam_local prepare
+
+sam-local-stop: venv ## stop the Docker API service `make sam-local` started
+	$(BIN)/python -m taskrunner_local.sam_local stop
+
+# what `make test` needs of it: the image and the build (tests/e2e/test_sam_local.py runs its own Docker API)
+sam-local-ready: venv engine images sam-cli
+	$(BIN)/python -m taskrunner_local.sam_local prepare --no-service
+
 checkov-cli: $(CHECKOV_VENV)/.installed ## install checkov in its own tool environment (its dependencies clash with ours)
 
 # schemathesis runs on Python 3.13: its two workers parse source concurrently, which CPython before 3.13 cannot
@@ -74,7 +87,7 @@ $(SCHEMATHESIS_VENV)/.installed-py313: requirements-schemathesis.txt
 
 schemathesis-cli: $(SCHEMATHESIS_VENV)/.installed-py313 ## install schemathesis in its own tool environment (Python 3.13; it pins its own hypothesis)
 
-test: venv engine images sam-cli checkov-cli schemathesis-cli ## run lint, type checks and every test (unit, integration, template, packaging)
+test: venv engine images sam-cli sam-local-ready checkov-cli schemathesis-cli ## run lint, type checks and every test (unit, integration, template, packaging)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
