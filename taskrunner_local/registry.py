@@ -84,6 +84,13 @@ http:
 """
 
 
+def _dies_with_parent() -> list[str]:
+    """A prefix that makes the kernel SIGTERM the command when the stack dies, even by `kill -9` (util-linux's
+    setpriv sets the parent-death signal, then execs it); nothing where setpriv is missing."""
+    setpriv = shutil.which("setpriv", path=f"{os.environ.get('PATH', os.defpath)}:{_SBIN}")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+
+
 class RegistryUnavailable(RuntimeError):
     """The local ECR cannot run: the message says why and how to get it."""
 
@@ -446,7 +453,7 @@ class LocalEcr:
         log = (self.work_dir / "registry.log").open("ab")
         try:
             self._process = subprocess.Popen(
-                [executable, "serve", str(config)],
+                [*_dies_with_parent(), executable, "serve", str(config)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

@@ -7,6 +7,8 @@ import base64
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from moto import mock_aws
 from taskrunner_local import moto_patches
 from taskrunner_local.registry import LocalEcr, _UnixConnection, find_registry
 from tests.support.engine import require
-from tests.support.local_tasks import processes_with
+from tests.support.local_tasks import processes_with, wait_until
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
 ECR_PATCHES = ("ecr-authorization-token", "ecr-image-size", "ecr-registry-delete")
@@ -218,3 +220,36 @@ def test_a_taken_port_falls_back_to_a_free_one(ecr: Any, tmp_path: Path) -> None
             second.stop()
     finally:
         first.stop()
+
+
+STACK_THAT_DIES = """
+import sys, time
+from pathlib import Path
+from taskrunner_local.registry import LocalEcr
+ecr = LocalEcr(account="123456789012", region="us-east-1", host="127.0.0.1", port=0, work_dir=Path(sys.argv[1]))
+ecr.start()
+print(ecr.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_stack_killed_with_sigkill_leaves_no_registry_process(ecr: Any, tmp_path: Path) -> None:
+    # Given a process that runs the registry, as the stack does
+    work_dir = tmp_path / "registry"
+    stack = subprocess.Popen([sys.executable, "-c", STACK_THAT_DIES, str(work_dir)], stdout=subprocess.PIPE, text=True)
+    assert stack.stdout is not None
+    registry_pid = int(stack.stdout.readline())
+    assert Path(f"/proc/{registry_pid}").exists()
+    # When it is killed with no chance to stop the registry
+    stack.kill()
+    stack.wait()
+    # Then the registry goes with it
+    assert wait_until(lambda: not Path(f"/proc/{registry_pid}").exists() or _zombie(registry_pid), timeout=10)
+    assert processes_with(str(work_dir)) == []
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
