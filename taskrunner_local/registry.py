@@ -23,7 +23,6 @@ the Fargate agent pulls ECR URIs of this account and region from that alias.
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import http.client
 import json
@@ -151,6 +150,17 @@ def record_image(
         image.update_tag(tag)
 
 
+def _is_manifest(body: bytes) -> bool:
+    """Whether `body` is a JSON image manifest or index of schema 2, the ones ECR takes."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return False
+    if not isinstance(document, dict) or document.get("schemaVersion") != 2:
+        return False
+    return isinstance(document.get("layers"), list) or isinstance(document.get("manifests"), list)
+
+
 def _error_body(code: str, message: str) -> bytes:
     return json.dumps({"errors": [{"code": code, "message": message, "detail": None}]}).encode()
 
@@ -258,6 +268,9 @@ class _GateHandler(BaseHTTPRequestHandler):
             self._refuse(400, "MANIFEST_INVALID", "Manifest size is too large or its length is not given")
             return
         manifest = self.rfile.read(int(length))
+        if not _is_manifest(manifest):  # the registry answers some of these with a 500
+            self._refuse(400, "MANIFEST_INVALID", "The manifest is not an image manifest or index (schemaVersion 2)")
+            return
         tag = None if _DIGEST.match(reference) else reference
         if tag is not None and not ecr.tag_may_be_pushed(repository, tag):
             self._refuse(
@@ -530,7 +543,7 @@ class LocalEcr:
             return False
         try:
             user, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # not base64 (binascii.Error), not ASCII, or not UTF-8 (UnicodeDecodeError)
             return False
         return user == "AWS" and moto_patches.ecr_token_valid(self.account, password)
 

@@ -159,6 +159,9 @@ def test_the_gate_refuses_what_ecr_refuses(ecr: Any, registry: LocalEcr) -> None
     assert unauthenticated.status_code == 401
     assert unauthenticated.headers["WWW-Authenticate"].startswith(f'Basic realm="https://{registry.host}/"')
     assert requests.get(f"{base}/v2/", auth=("AWS", f"{ACCOUNT}-auth-token"), timeout=10).status_code == 401
+    for forged in ("Basic !!!", "Basic " + base64.b64encode(b"AWS:\xff").decode(), "Bearer x", "Basic \xff\xfe"):
+        answer = requests.get(f"{base}/v2/", headers={"Authorization": forged.encode("latin-1")}, timeout=10)
+        assert answer.status_code == 401, forged
     assert requests.get(f"{base}/v2/", auth=auth, timeout=10).status_code == 200
 
     unknown = requests.post(f"{base}/v2/nope/blobs/uploads/", auth=auth, timeout=10)
@@ -180,6 +183,10 @@ def test_the_gate_refuses_what_ecr_refuses(ecr: Any, registry: LocalEcr) -> None
         "repository is immutable."
     )
     assert put_manifest(base, auth, "frozen", "v2", manifest).status_code == 201  # a new tag is fine
+
+    for invalid in (b'{"not": "a manifest"}', b"\xff\xfe", b"[]", b'{"schemaVersion": 2}'):
+        refused = put_manifest(base, auth, "frozen", "v9", invalid)
+        assert (refused.status_code, refused.json()["errors"][0]["code"]) == (400, "MANIFEST_INVALID"), invalid
 
     missing = requests.get(f"{base}/v2/frozen/manifests/nope", auth=auth, timeout=10)
     assert (missing.status_code, missing.json()["errors"][0]["code"]) == (404, "MANIFEST_UNKNOWN")
