@@ -7,8 +7,9 @@ negative case (schema-violating on purpose) stays negative and must still be rej
 
 The rewrite is a `map_case` hook, which the fuzzing, coverage and stateful phases apply, and a
 `before_add_examples` hook for the examples phase, which does not apply `map_case`. A positive PUT
-/schedules/{name} gets the body's name in its path, as the API requires, so its cases reach the service
-instead of all being 422.
+/schedules/{name} gets its path's name in its body, as the API requires, so its cases reach the service
+instead of all being 422 (the path's, not the body's: in the stateful phase the path names the schedule an
+earlier step created).
 """
 
 from __future__ import annotations
@@ -74,15 +75,16 @@ def _is_positive(case: Any) -> bool:
 def _cheapen(case: Any) -> Any:
     if isinstance(case.body, dict):
         case.body = cheap_body(case.body)
-        name = case.body.get("name")
+        path_name = case.path_parameters.get("name") if isinstance(case.path_parameters, dict) else None
         if (
             case.operation.method.upper() == "PUT"
             and case.operation.path == "/schedules/{name}"
             and _is_positive(case)
-            and isinstance(name, str)
-            and isinstance(case.path_parameters, dict)
+            and isinstance(path_name, str)
+            and isinstance(case.body.get("name"), str)
         ):
-            case.path_parameters = {**case.path_parameters, "name": name}
+            # the path's name wins: in the stateful phase it is the schedule a previous step created
+            case.body["name"] = path_name
     return case
 
 
