@@ -747,28 +747,29 @@ def _patch_firehose_file_extension() -> list[tuple[Any, str, Any]]:
 #: ECR's authorization tokens are valid for 12 hours
 ECR_TOKEN_SECONDS = 12 * 3600
 #: password -> (registry id, expiry in epoch seconds) of every token GetAuthorizationToken issued
-_ECR_TOKENS: dict[str, tuple[str, float]] = {}
+_ECR_TOKENS: dict[str, tuple[str, str, float]] = {}
 _ECR_TOKENS_LOCK = threading.Lock()
 
 
-def issue_ecr_token(registry_id: str) -> tuple[str, datetime]:
-    """A new password for `registry_id`'s registry (user `AWS`) and when it expires, as GetAuthorizationToken
-    issues them; `ecr_token_valid` accepts it until then."""
+def issue_ecr_token(registry_id: str, region: str) -> tuple[str, datetime]:
+    """A new password for `registry_id`'s registry in `region` (user `AWS`) and when it expires, as
+    GetAuthorizationToken issues them; `ecr_token_valid` accepts it there until then, as ECR's tokens are per
+    account and region."""
     password = secrets.token_urlsafe(48)
     expires = time.time() + ECR_TOKEN_SECONDS
     with _ECR_TOKENS_LOCK:
         now = time.time()
-        for stale in [key for key, (_, at) in _ECR_TOKENS.items() if at <= now]:
+        for stale in [key for key, (_, _, at) in _ECR_TOKENS.items() if at <= now]:
             del _ECR_TOKENS[stale]
-        _ECR_TOKENS[password] = (registry_id, expires)
+        _ECR_TOKENS[password] = (registry_id, region, expires)
     return password, datetime.fromtimestamp(expires, UTC)
 
 
-def ecr_token_valid(registry_id: str, password: str) -> bool:
-    """Whether `password` is a token GetAuthorizationToken issued for `registry_id` that has not expired."""
+def ecr_token_valid(registry_id: str, region: str, password: str) -> bool:
+    """Whether `password` is a token GetAuthorizationToken issued for `registry_id` in `region`, not expired."""
     with _ECR_TOKENS_LOCK:
         issued = _ECR_TOKENS.get(password)
-    return issued is not None and issued[0] == registry_id and issued[1] > time.time()
+    return issued is not None and issued[:2] == (registry_id, region) and issued[2] > time.time()
 
 
 def _patch_ecr_authorization_token() -> list[tuple[Any, str, Any]]:
@@ -779,7 +780,7 @@ def _patch_ecr_authorization_token() -> list[tuple[Any, str, Any]]:
         registry_ids = self._get_param("registryIds") or [self.current_account]
         auth_data = []
         for registry_id in registry_ids:
-            password, expires = issue_ecr_token(registry_id)
+            password, expires = issue_ecr_token(registry_id, self.region)
             auth_data.append(
                 {
                     "authorizationToken": base64.b64encode(f"AWS:{password}".encode()).decode(),

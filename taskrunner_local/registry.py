@@ -32,12 +32,14 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from taskrunner_local import moto_patches
 
@@ -58,7 +60,7 @@ HOW_TO_GET_REGISTRY = "`make engine` (as root, on Debian) installs it (Debian's 
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding"}
 )
-_ROUTE = re.compile(r"^/v2/(?P<name>[a-z0-9]+(?:[._/-][a-z0-9]+)*)/(?P<kind>manifests|blobs|tags)/(?P<rest>[^?]*)")
+_ROUTE = re.compile(r"/v2/(?P<name>[a-z0-9]+(?:[._/-][a-z0-9]+)*)/(?P<kind>manifests|blobs|tags)/(?P<rest>[^?]*)")
 _DIGEST = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 
 REGISTRY_CONFIG = """\
@@ -188,6 +190,13 @@ class _Gate(ThreadingHTTPServer):
         super().__init__(address, _GateHandler)
         self.ecr = ecr
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up or stalls is its own business; anything else is the gate's, said in one line."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return
+        self.ecr.on_log(f"the gate failed a request from {client_address[0]}: {error!r}")
+
 
 class _GateHandler(BaseHTTPRequestHandler):
     """One client connection to the local ECR: checks what ECR checks, then streams to the registry and back."""
@@ -234,11 +243,30 @@ class _GateHandler(BaseHTTPRequestHandler):
                 {"WWW-Authenticate": f'Basic realm="https://{ecr.host}/",service="ecr.amazonaws.com"'},
             )
             return
-        route = _ROUTE.match(self.path)
-        if route is None:
+        path, _, query = self.path.partition("?")
+        segments = path.split("/")[1:]
+        if "%" in path or "\\" in path or any(part in ("", ".", "..") for part in segments[:-1]):
+            # the registry decodes and cleans what the gate would not have checked: names and tags are written out
+            self._refuse(
+                400, "NAME_INVALID", "The repository name and reference must be written out (no %, \\, . or ..)"
+            )
+            return
+        if path in ("/v2", "/v2/"):
             self._forward()
             return
+        route = _ROUTE.fullmatch(path)
+        if route is None:  # `_catalog` included: ECR has no such API
+            self._refuse(404, "UNSUPPORTED", "The operation is unsupported.")
+            return
         name, kind, rest = route["name"], route["kind"], route["rest"]
+        mounted_from = parse_qs(query).get("from", [])
+        if kind == "blobs" and any(ecr.repository(source) is None for source in mounted_from):
+            self._refuse(
+                404,
+                "NAME_UNKNOWN",
+                f"The repository with name '{mounted_from[0]}' does not exist in the registry with id '{ecr.account}'",
+            )
+            return
         repository = ecr.repository(name)
         if repository is None:
             self._refuse(
@@ -545,7 +573,7 @@ class LocalEcr:
             user, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
         except ValueError:  # not base64 (binascii.Error), not ASCII, or not UTF-8 (UnicodeDecodeError)
             return False
-        return user == "AWS" and moto_patches.ecr_token_valid(self.account, password)
+        return user == "AWS" and moto_patches.ecr_token_valid(self.account, self.region, password)
 
     def repository(self, name: str) -> Any:
         """moto's ECR repository `name`, or None."""
@@ -567,7 +595,7 @@ class LocalEcr:
         share one token while it has more than an hour left, as the ECS agent caches its own)."""
         with self._token_lock:
             if self._token is None or self._token[1] - time.time() < 3600:
-                password, expires = moto_patches.issue_ecr_token(self.account)
+                password, expires = moto_patches.issue_ecr_token(self.account, self.region)
                 self._token = (password, expires.timestamp())
             return "AWS", self._token[0]
 

@@ -351,9 +351,10 @@ def test_ecr_authorization_tokens_are_fresh_and_valid_for_twelve_hours(aws: None
         assert first["expiresAt"].year == 2015
         return
     assert passwords[0][2] != passwords[1][2] and 11.9 < hours_left <= 12
-    assert all(moto_patches.ecr_token_valid("123456789012", password) for _, _, password in passwords)
-    assert not moto_patches.ecr_token_valid("210987654321", passwords[0][2])
-    assert not moto_patches.ecr_token_valid("123456789012", "123456789012-auth-token")
+    assert all(moto_patches.ecr_token_valid("123456789012", REGION, password) for _, _, password in passwords)
+    assert not moto_patches.ecr_token_valid("210987654321", REGION, passwords[0][2])
+    assert not moto_patches.ecr_token_valid("123456789012", "eu-west-2", passwords[0][2])  # tokens are per region
+    assert not moto_patches.ecr_token_valid("123456789012", REGION, "123456789012-auth-token")
 
 
 @pytest.mark.parametrize("applied", [False, True])

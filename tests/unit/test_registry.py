@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import os
 import subprocess
@@ -101,6 +102,20 @@ def image_manifest(base: str, auth: tuple[str, str], name: str, layer: bytes) ->
     ).encode()
 
 
+def raw_put(registry: LocalEcr, auth: tuple[str, str], path: str, body: bytes) -> tuple[int, bytes]:
+    """PUT `body` to `path` exactly as written (no client-side normalisation of the path)."""
+    host, port = registry.endpoint.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    headers = {"Authorization": f"Basic {token}", "Content-Type": OCI_MANIFEST}
+    try:
+        connection.request("PUT", path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
 def put_manifest(base: str, auth: tuple[str, str], name: str, reference: str, manifest: bytes) -> requests.Response:
     return requests.put(
         f"{base}/v2/{name}/manifests/{reference}",
@@ -187,6 +202,20 @@ def test_the_gate_refuses_what_ecr_refuses(ecr: Any, registry: LocalEcr) -> None
     for invalid in (b'{"not": "a manifest"}', b"\xff\xfe", b"[]", b'{"schemaVersion": 2}'):
         refused = put_manifest(base, auth, "frozen", "v9", invalid)
         assert (refused.status_code, refused.json()["errors"][0]["code"]) == (400, "MANIFEST_INVALID"), invalid
+
+    # a name or tag the registry would decode or clean is refused before it: the gate checks what is written
+    # (sent as written: requests would decode %76 itself)
+    for path in (
+        "/v2/frozen/manifests/%76%31",  # "v1", percent-encoded
+        "/v2/%67host/manifests/x",  # a repository ECR does not have, percent-encoded
+        "/v2/frozen/../ghost/manifests/x",
+        "/v2/frozen//manifests/v1",
+    ):
+        status, body = raw_put(registry, auth, path, manifest)
+        assert (status, json.loads(body)["errors"][0]["code"]) == (400, "NAME_INVALID"), path
+    assert requests.get(f"{base}/v2/_catalog", auth=auth, timeout=10).status_code == 404  # ECR has no catalog
+    mount = requests.post(f"{base}/v2/frozen/blobs/uploads/?mount=sha256:{'0' * 64}&from=ghost", auth=auth, timeout=10)
+    assert (mount.status_code, mount.json()["errors"][0]["code"]) == (404, "NAME_UNKNOWN")
 
     missing = requests.get(f"{base}/v2/frozen/manifests/nope", auth=auth, timeout=10)
     assert (missing.status_code, missing.json()["errors"][0]["code"]) == (404, "MANIFEST_UNKNOWN")
