@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import math
 import platform
@@ -138,6 +139,23 @@ def qualified(image: str) -> str:
     if "." in first or ":" in first or first == "localhost":
         return image
     return f"docker.io/{image}"
+
+
+def on_this_machine(reference: str) -> bool:
+    """Whether the registry `reference` (a qualified image name) names is this machine itself: `localhost`, or a
+    loopback, link-local or unspecified address."""
+    host = reference.partition("/")[0]
+    if host.startswith("["):  # [::1]:5000
+        host = host[1 : host.find("]")]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_link_local or address.is_unspecified
 
 
 def _said(done: subprocess.CompletedProcess[str]) -> str:
@@ -274,6 +292,12 @@ class ContainerLauncher:
     def pull(self, launch: Launch) -> None:
         image = self.engine_image(launch.image)
         local = self.registry is not None and self.registry.local_reference(launch.image) is not None
+        if not local and on_this_machine(qualified(launch.image)):
+            # the engine pulls from the host's network: it must not become a way to probe this machine's ports
+            raise StartError(
+                f"CannotPullContainerError: {launch.image} is not in the local image store, and images are not "
+                "pulled from a registry on this machine's loopback (push it to the local ECR instead)"
+            )
         auth_dir = Path(tempfile.mkdtemp(prefix="pull-", dir=self.work_dir)) if local else None
         try:
             engine = self.engine

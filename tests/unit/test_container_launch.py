@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from taskrunner_local.agent import Launch
+from taskrunner_local.agent import Launch, StartError
 from taskrunner_local.config import LocalConfig
-from taskrunner_local.containers import TASK_ARN_LABEL, ContainerLauncher, stack_label
+from taskrunner_local.containers import TASK_ARN_LABEL, ContainerLauncher, on_this_machine, stack_label
 from taskrunner_local.engine import Engine
 from taskrunner_local.limits import TASK_PIDS_MAX
 
@@ -126,3 +126,34 @@ def test_auto_is_the_default_agent_mode(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.delenv("TASKRUNNER_AGENT_MODE", raising=False)
     # Then
     assert LocalConfig().agent_mode == "auto"
+
+
+@pytest.mark.parametrize(
+    ("image", "here"),
+    [
+        ("localhost/taskrunner/busybox:latest", True),
+        ("localhost:5000/app:1", True),
+        ("127.0.0.1:4566/x:y", True),
+        ("127.9.9.9/x", True),
+        ("[::1]:5000/x:y", True),
+        ("169.254.169.254/x", True),
+        ("0.0.0.0:80/x", True),
+        ("docker.io/library/python:3.12-slim", False),
+        ("192.0.2.2:5000/x", False),
+        ("123456789012.dkr.ecr.us-east-1.amazonaws.com/app:1", False),
+    ],
+)
+def test_a_registry_on_this_machine_is_recognised(image: str, here: bool) -> None:
+    assert on_this_machine(image) is here
+
+
+def test_an_image_is_never_pulled_from_this_machines_loopback(tmp_path: Path) -> None:
+    # Given a launcher whose engine would run anything it is asked
+    launcher = ContainerLauncher(
+        Engine(name="podman", executable="/bin/false"), stack_name="s", region="us-east-1", work_dir=tmp_path
+    )
+    # When a task names an image of a registry on the host's loopback (say, the stack's own AWS endpoint)
+    with pytest.raises(StartError) as raised:
+        launcher.pull(launch(image="127.0.0.1:4566/probe:1"))
+    # Then it fails to start without the engine connecting anywhere
+    assert str(raised.value).startswith("CannotPullContainerError: 127.0.0.1:4566/probe:1 is not in the local")
