@@ -87,10 +87,16 @@ class _Worker:
         self._answers: queue.Queue[dict[str, Any] | None] = queue.Queue()
         threading.Thread(target=self._read_answers, daemon=True, name=f"{spec.logical_id}-answers").start()
         threading.Thread(target=self._echo_logs, args=(echo,), daemon=True, name=f"{spec.logical_id}-logs").start()
-        ready = self._next_answer(WORKER_START_TIMEOUT_SECONDS)
+
+    def wait_ready(self) -> None:
+        """Wait for the function's init; WorkerDied (and the process killed) when it does not get there."""
+        try:
+            ready = self._next_answer(WORKER_START_TIMEOUT_SECONDS)
+        except TimeoutError:
+            ready = None
         if not ready or not ready.get("ready"):
             self.kill()
-            raise WorkerDied(f"{spec.logical_id}: the execution environment did not start")
+            raise WorkerDied(f"{self.spec.logical_id}: the execution environment did not start")
 
     def _read_answers(self) -> None:
         assert self.process.stdout is not None
@@ -158,23 +164,35 @@ class _Pool:
     everyone: set[_Worker] = field(default_factory=set)
     size: int = 0
     condition: threading.Condition = field(default_factory=threading.Condition)
+    closed: bool = False
 
     def acquire(self) -> _Worker:
         with self.condition:
-            while not self.idle and self.size >= self.limit:
+            while not self.closed and not self.idle and self.size >= self.limit:
                 self.condition.wait()
+            if self.closed:
+                raise WorkerDied(f"{self.spec.logical_id}: the runtime is shutting down")
             if self.idle:
                 return self.idle.pop()
             self.size += 1
+        worker: _Worker | None = None
         try:
             worker = _Worker(self.spec, self.env, self.echo)
+            with self.condition:  # known from its start, so that close() kills it even while its init runs
+                closed = self.closed
+                if not closed:
+                    self.everyone.add(worker)
+            if closed:
+                worker.kill()
+                raise WorkerDied(f"{self.spec.logical_id}: the runtime is shutting down")
+            worker.wait_ready()
         except BaseException:
             with self.condition:
                 self.size -= 1
+                if worker is not None:
+                    self.everyone.discard(worker)
                 self.condition.notify()
             raise
-        with self.condition:
-            self.everyone.add(worker)
         return worker
 
     def release(self, worker: _Worker) -> None:
@@ -188,7 +206,9 @@ class _Pool:
 
     def close(self) -> None:
         with self.condition:
+            self.closed = True
             workers, self.idle, self.everyone = list(self.everyone), [], set()
+            self.condition.notify_all()
         for worker in workers:
             worker.kill()
 

@@ -1,0 +1,104 @@
+"""The local Lambda runtime's pool of execution environments at shutdown: no worker process outlives it, not even
+one that was starting when the runtime closed (an asynchronous invocation the agent's last events triggered)."""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from taskrunner_local import runtime
+from taskrunner_local.runtime import FunctionSpec, WorkerDied
+from tests.support.local_tasks import wait_until
+
+
+def spec(tmp_path: Path) -> FunctionSpec:
+    (tmp_path / "app.py").write_text(textwrap.dedent("def handler(event, context):\n    return event\n"))
+    return FunctionSpec(
+        logical_id="EchoFunction",
+        name="echo",
+        arn="arn:aws:lambda:us-east-1:123456789012:function:echo",
+        code_dir=tmp_path,
+        handler="app.handler",
+        layer_dirs=[],
+        environment={},
+    )
+
+
+def pool(tmp_path: Path) -> runtime._Pool:
+    return runtime._Pool(spec(tmp_path), env={}, limit=2, echo=lambda line: None)
+
+
+def test_a_closed_pool_starts_no_worker(tmp_path: Path) -> None:
+    # Given
+    closed = pool(tmp_path)
+    closed.close()
+    # When / Then
+    with pytest.raises(WorkerDied, match="shutting down"):
+        closed.acquire()
+    assert closed.everyone == set()
+
+
+def test_a_worker_that_was_starting_when_the_pool_closed_is_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a pool that closes while its worker starts
+    closing = pool(tmp_path)
+    started: list[runtime._Worker] = []
+    real_worker = runtime._Worker
+
+    def worker_while_closing(*args: object) -> runtime._Worker:
+        worker = real_worker(*args)  # type: ignore[arg-type]
+        started.append(worker)
+        closing.close()
+        return worker
+
+    monkeypatch.setattr(runtime, "_Worker", worker_while_closing)
+    # When
+    with pytest.raises(WorkerDied, match="shutting down"):
+        closing.acquire()
+    # Then its process is gone
+    [worker] = started
+    assert worker.process.poll() is not None
+
+
+def test_close_kills_a_worker_whose_init_is_still_running(tmp_path: Path) -> None:
+    # Given a function whose init takes long, and a caller waiting for its first execution environment
+    (tmp_path / "app.py").write_text("import time\ntime.sleep(30)\n\ndef handler(event, context):\n    return event\n")
+    slow = runtime._Pool(
+        FunctionSpec(
+            logical_id="SlowFunction",
+            name="slow",
+            arn="arn:aws:lambda:us-east-1:123456789012:function:slow",
+            code_dir=tmp_path,
+            handler="app.handler",
+            layer_dirs=[],
+            environment={},
+        ),
+        env={},
+        limit=1,
+        echo=lambda line: None,
+    )
+    failures: list[BaseException] = []
+
+    def acquire() -> None:
+        try:
+            slow.acquire()
+        except BaseException as error:  # the thread reports what the caller would see
+            failures.append(error)
+
+    caller = threading.Thread(target=acquire)
+    caller.start()
+    assert wait_until(lambda: len(slow.everyone) == 1, timeout=10)
+    [worker] = list(slow.everyone)
+    # When the runtime closes during that init
+    started = time.monotonic()
+    slow.close()
+    caller.join(timeout=10)
+    # Then the worker is killed at once, and the caller hears why
+    assert worker.process.poll() is not None
+    assert time.monotonic() - started < 5
+    assert [type(error) for error in failures] == [WorkerDied]
