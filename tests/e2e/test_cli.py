@@ -18,7 +18,7 @@ from taskrunner_local.containers import stack_label
 from taskrunner_local.engine import Engine
 from taskrunner_local.images import BUSYBOX_IMAGE, PYTHON_IMAGE
 from tests.e2e.test_local_stack import processes_with
-from tests.support.local_tasks import read_banner
+from tests.support.local_tasks import process_state, read_banner
 
 
 def test_up_serves_the_api_and_ctrl_c_stops_everything() -> None:
@@ -55,7 +55,9 @@ def test_up_serves_the_api_and_ctrl_c_stops_everything() -> None:
         task_id = api.submit({"image": BUSYBOX_IMAGE, "command": ["sh", "-c", f"sleep 300; : {marker}"]})["task_id"]
         api.wait(task_id, {"RUNNING"})
         assert processes_with(marker)
-        registries = [pid for pid in processes_with("docker-registry") if _parent(pid) == process.pid]
+        registries = [
+            pid for pid in processes_with("docker-registry") if (process_state(pid) or ("", 0))[1] == process.pid
+        ]
         assert registries or shutil.which("docker-registry") is None, "the local ECR's registry is not running"
     finally:
         process.send_signal(signal.SIGINT)
@@ -69,13 +71,6 @@ def test_up_serves_the_api_and_ctrl_c_stops_everything() -> None:
         assert (listed.returncode, listed.stdout.split()) == (0, [])
     endpoint = f"AWS_ENDPOINT_URL=http://127.0.0.1:{aws_port}".encode()
     assert [pid for pid in processes_with("lambda_worker.py") if endpoint in _environ(pid)] == []
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def _environ(pid: int) -> bytes:

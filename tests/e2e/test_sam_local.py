@@ -65,19 +65,17 @@ class SamLocal:
     def env(self) -> dict[str, str]:
         return sam_local.sam_env(self.api.docker_host)
 
-    def invoke(self, function: str, event: Path) -> tuple[dict[str, Any], str, float]:
-        """`sam local invoke`: the function's response, SAM's own output and how long it took."""
+    def run(self, command: list[str]) -> tuple[subprocess.CompletedProcess[str], float]:
+        """Run a SAM CLI command against the Docker API: what it did, and how long it took."""
         started = time.monotonic()
         done = subprocess.run(
-            sam_local.invoke_command(self.build, self.env_file, function, event),
-            cwd=ROOT,
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=INVOKE_SECONDS,
-            check=False,
+            command, cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=INVOKE_SECONDS, check=False
         )
-        took = time.monotonic() - started
+        return done, time.monotonic() - started
+
+    def invoke(self, function: str, event: Path) -> tuple[dict[str, Any], str, float]:
+        """`sam local invoke`: the function's response, SAM's own output and how long it took."""
+        done, took = self.run(sam_local.invoke_command(self.build, self.env_file, function, event))
         assert done.returncode == 0, f"sam local invoke {function} failed:\n{done.stdout}\n{done.stderr[-4000:]}"
         # the response is the first line of stdout; the function's own log lines follow it
         first = done.stdout.strip().splitlines()[0]
@@ -377,17 +375,10 @@ def test_the_template_default_arm64_is_refused_with_what_would_run_it(sam: SamLo
     if sam_local.can_run("arm64"):
         pytest.skip("this host runs arm64 binaries")
     # When sam local invoke runs the source template as it is
-    started = time.monotonic()
-    done = subprocess.run(
-        [str(sam_local.SAM), "local", "invoke", "ApiFunction", "-e", str(EVENTS / "api" / "get_openapi.json"), *SOURCE],
-        cwd=ROOT,
-        env=sam.env(),
-        capture_output=True,
-        text=True,
-        timeout=INVOKE_SECONDS,
-        check=False,
+    done, took = sam.run(
+        [str(sam_local.SAM), "local", "invoke", "ApiFunction", "-e", str(EVENTS / "api" / "get_openapi.json"), *SOURCE]
     )
-    print(f"sam local invoke (arm64): {time.monotonic() - started:.1f} s, exit {done.returncode}")
+    print(f"sam local invoke (arm64): {took:.1f} s, exit {done.returncode}")
     # Then it fails: it builds on the arm64 base image, which is neither in the store nor pullable here (and could
     # not run without emulation)
     assert done.returncode == 1, done.stdout

@@ -29,6 +29,15 @@ def processes_with(marker: str) -> list[int]:
     return found
 
 
+def process_state(pid: int) -> tuple[str, int] | None:
+    """A process's state letter (`Z` for a zombie) and parent pid, from /proc; None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.1) -> bool:
     """Whether `predicate` became true within `timeout` seconds."""
     deadline = time.monotonic() + timeout

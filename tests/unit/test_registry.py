@@ -22,7 +22,7 @@ from moto import mock_aws
 from taskrunner_local import moto_patches
 from taskrunner_local.registry import LocalEcr, _UnixConnection, find_registry
 from tests.support.engine import require
-from tests.support.local_tasks import processes_with, wait_until
+from tests.support.local_tasks import process_state, processes_with, wait_until
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
 ECR_PATCHES = ("ecr-authorization-token", "ecr-image-size", "ecr-registry-delete")
@@ -280,12 +280,5 @@ def test_a_stack_killed_with_sigkill_leaves_no_registry_process(ecr: Any, tmp_pa
     stack.kill()
     stack.wait()
     # Then the registry goes with it
-    assert wait_until(lambda: not Path(f"/proc/{registry_pid}").exists() or _zombie(registry_pid), timeout=10)
+    assert wait_until(lambda: (process_state(registry_pid) or ("Z", 0))[0] == "Z", timeout=10)  # gone, or unreaped
     assert processes_with(str(work_dir)) == []
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True

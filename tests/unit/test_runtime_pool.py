@@ -3,7 +3,6 @@ one that was starting when the runtime closed (an asynchronous invocation the ag
 
 from __future__ import annotations
 
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -14,10 +13,13 @@ from taskrunner_local import runtime
 from taskrunner_local.runtime import FunctionSpec, WorkerDied
 from tests.support.local_tasks import wait_until
 
+ECHO = "def handler(event, context):\n    return event\n"
 
-def spec(tmp_path: Path) -> FunctionSpec:
-    (tmp_path / "app.py").write_text(textwrap.dedent("def handler(event, context):\n    return event\n"))
-    return FunctionSpec(
+
+def pool(tmp_path: Path, source: str = ECHO, limit: int = 2) -> runtime._Pool:
+    """A pool of the function whose app.py is `source`."""
+    (tmp_path / "app.py").write_text(source)
+    spec = FunctionSpec(
         logical_id="EchoFunction",
         name="echo",
         arn="arn:aws:lambda:us-east-1:123456789012:function:echo",
@@ -26,10 +28,7 @@ def spec(tmp_path: Path) -> FunctionSpec:
         layer_dirs=[],
         environment={},
     )
-
-
-def pool(tmp_path: Path) -> runtime._Pool:
-    return runtime._Pool(spec(tmp_path), env={}, limit=2, echo=lambda line: None)
+    return runtime._Pool(spec, env={}, limit=limit, echo=lambda line: None)
 
 
 def test_a_closed_pool_starts_no_worker(tmp_path: Path) -> None:
@@ -67,21 +66,7 @@ def test_a_worker_that_was_starting_when_the_pool_closed_is_killed(
 
 def test_close_kills_a_worker_whose_init_is_still_running(tmp_path: Path) -> None:
     # Given a function whose init takes long, and a caller waiting for its first execution environment
-    (tmp_path / "app.py").write_text("import time\ntime.sleep(30)\n\ndef handler(event, context):\n    return event\n")
-    slow = runtime._Pool(
-        FunctionSpec(
-            logical_id="SlowFunction",
-            name="slow",
-            arn="arn:aws:lambda:us-east-1:123456789012:function:slow",
-            code_dir=tmp_path,
-            handler="app.handler",
-            layer_dirs=[],
-            environment={},
-        ),
-        env={},
-        limit=1,
-        echo=lambda line: None,
-    )
+    slow = pool(tmp_path, "import time\ntime.sleep(30)\n\n" + ECHO, limit=1)
     failures: list[BaseException] = []
 
     def acquire() -> None:
