@@ -151,6 +151,7 @@ def process_mode(args: argparse.Namespace) -> tuple[list[Row], dict[str, str]]:
         aws_port=free_port(),
         echo_function_logs=False,
         stack_name="taskrunner-bench",
+        ephemeral=True,
         agent_mode="process",
     )
     print("process mode: starting the local stack…", file=sys.stderr, flush=True)

@@ -353,6 +353,7 @@ def measure(latency_samples: int, burst_count: int, clients: int, reference_samp
         aws_port=free_port(),
         echo_function_logs=False,
         stack_name="taskrunner-bench-containers",
+        ephemeral=True,
         agent_mode="container",
     )
     load_before = os.getloadavg()[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -34,11 +35,14 @@ class AwsServer:
         self.config = config
         self._server: Any = None
 
-    def start(self) -> None:
+    def start(self, before_serving: Callable[[], None] | None = None) -> None:
+        """Patch moto, run `before_serving` (the durable stack restores moto's state there), then serve."""
         from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
         prepare_environment(self.config)
         moto_patches.apply_all()
+        if before_serving is not None:
+            before_serving()
         self._server = ThreadedMotoServer(ip_address=self.config.host, port=self.config.aws_port, verbose=False)
         self._server.start()
         response = requests.post(

@@ -13,6 +13,8 @@ from typing import Any
 
 from taskrunner_local.config import AGENT_MODES, LocalConfig
 from taskrunner_local.images import PYTHON_IMAGE
+from taskrunner_local.persistence.folder import StateFolderBusy
+from taskrunner_local.persistence.snapshots import SnapshotFormatError
 from taskrunner_local.stack import AgentChoice, EngineUnavailable, LocalStack, choose_agent_mode
 
 
@@ -40,12 +42,19 @@ def banner(stack: LocalStack) -> str:
     port = stack.config.api_port
     region = stack.config.region
     table = deployment.outputs.get("TasksTableName")
-    assert stack.agent is not None and stack.choice is not None
+    assert stack.agent is not None and stack.choice is not None and stack.folder is not None
     # the offline image runs in container mode (no registry is needed) and is only recorded in process mode
     image = PYTHON_IMAGE
+    stop_line = (
+        "Ctrl-C stops everything (and removes the ephemeral state)."
+        if stack.folder.ephemeral
+        else "Ctrl-C stops the stack; running tasks keep running and the next start re-adopts them (state is kept)."
+    )
     warned = stack.choice.warnings()
     warnings = "".join(f"\n{line}" for line in warned) + ("\n" if warned else "")
     ecr = "".join(f"\n  {line}" for line in stack.ecr_lines())
+    assert stack.folder is not None
+    state = "".join(f"\n                 {line}" for line in stack.state_lines)
     return f"""
 taskrunner is up (stack {deployment.stack_name}, everything on this machine)
 
@@ -53,6 +62,7 @@ taskrunner is up (stack {deployment.stack_name}, everything on this machine)
   AWS endpoint   {endpoint}
   Agent mode     {stack.choice.headline()}
   Tasks run as   {stack.agent.launcher.describe()}
+  State          {stack.folder.describe()}{state}
 {warnings}
 Run a task:
   curl -X POST localhost:{port}/tasks -d '{{"image":"{image}","command":["sh","-c","echo hi"]}}'
@@ -72,7 +82,7 @@ Point the AWS CLI or boto3 at the endpoint (any credentials work):
   tables         {deployment.outputs.get("TasksTableName")}, {deployment.outputs.get("IdempotencyTableName")}
   task logs      {deployment.outputs.get("TaskLogGroupName")} (archived by Firehose {deployment.delivery_stream} to s3://{deployment.outputs.get("ArchiveBucketName")})
 
-Ctrl-C stops everything.
+{stop_line}
 """
 
 
@@ -98,7 +108,7 @@ def up(config: LocalConfig) -> int:
     choice = announce(config)
     try:
         stack = LocalStack(config, choice).start()
-    except EngineUnavailable as error:
+    except (EngineUnavailable, StateFolderBusy, SnapshotFormatError) as error:
         sys.exit(f"error: {error}")
     try:
         print(banner(stack), flush=True)
@@ -106,7 +116,7 @@ def up(config: LocalConfig) -> int:
         print("\nstopping…", flush=True)
     finally:
         stack.stop()
-    print("stopped; no task process is left running.")
+    print(stack.stopped_line())
     return 0
 
 
@@ -114,6 +124,7 @@ def invoke(config: LocalConfig, function: str, event_file: Path | None) -> int:
     """A stand-in for `sam local invoke` that needs no Docker: the same runtime, the stack behind it."""
     event: Any = json.loads(event_file.read_text()) if event_file else {}
     config.api_port, config.aws_port, config.echo_function_logs = free_port(), free_port(), True
+    config.ephemeral = True  # one invocation: nothing of it is kept
     with LocalStack(config) as stack:
         assert stack.runtime is not None
         if not stack.runtime.knows(function):
@@ -133,6 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     up_parser.add_argument("--api-port", type=int, help="default $TASKRUNNER_API_PORT or 3000")
     up_parser.add_argument("--aws-port", type=int, help="default $TASKRUNNER_AWS_PORT or 4566")
     up_parser.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where the stack keeps its state; default $TASKRUNNER_STATE_DIR or .taskrunner/ under this directory",
+    )
+    up_parser.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="a throwaway stack: state in a temporary folder, removed when it stops (or $TASKRUNNER_EPHEMERAL=1)",
+    )
+    up_parser.add_argument(
         "--agent-mode",
         choices=AGENT_MODES,
         help="auto: containers when a container engine works, else host processes (with a warning); container: "
@@ -150,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         config.api_port = args.api_port or config.api_port
         config.aws_port = args.aws_port or config.aws_port
         config.agent_mode = args.agent_mode or config.agent_mode
+        config.state_dir = args.state_dir or config.state_dir
+        config.ephemeral = args.ephemeral or config.ephemeral
         return up(config)
     if args.action == "invoke":
         config.echo_function_logs = True

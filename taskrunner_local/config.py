@@ -34,8 +34,14 @@ class LocalConfig:
     account: str = "123456789012"
     stack_name: str = field(default_factory=lambda: os.environ.get("TASKRUNNER_STACK_NAME", "taskrunner"))
     root: Path = ROOT
-    #: where task working directories and function code zips are made (a temporary folder when None)
-    work_dir: Path | None = None
+    #: the state folder: where the stack keeps its tasks, records, schedules, logs and archive, so that they survive
+    #: Ctrl-C, kill -9 and restarts (TASKRUNNER_STATE_DIR; `.taskrunner/` under the directory the stack starts from)
+    state_dir: Path = field(
+        default_factory=lambda: Path(os.environ.get("TASKRUNNER_STATE_DIR") or Path.cwd() / ".taskrunner")
+    )
+    #: a throwaway stack: its state lives in a temporary folder, removed when it stops (TASKRUNNER_EPHEMERAL=1,
+    #: `--ephemeral`); a given TASKRUNNER_STATE_DIR is then ignored
+    ephemeral: bool = field(default_factory=lambda: os.environ.get("TASKRUNNER_EPHEMERAL", "") not in ("", "0"))
     #: seconds between SIGTERM and SIGKILL when a task is stopped (ECS's default stopTimeout is 30 s)
     stop_timeout_seconds: float = field(default_factory=lambda: _float("TASKRUNNER_STOP_TIMEOUT", 30.0))
     #: tasks that may run at once; more wait in PROVISIONING, like a cluster out of capacity

@@ -4,10 +4,13 @@ table and their logs, stop the stack."""
 from __future__ import annotations
 
 import socket
+import sys
 
 from taskrunner_local.client import TaskRunnerClient
 from taskrunner_local.config import LocalConfig
 from taskrunner_local.images import PYTHON_IMAGE
+from taskrunner_local.persistence.folder import StateFolderBusy
+from taskrunner_local.persistence.snapshots import SnapshotFormatError
 from taskrunner_local.stack import LocalStack
 
 # The offline image: container mode runs it without a registry, process mode only records it.
@@ -41,7 +44,11 @@ def demo(config: LocalConfig) -> int:
         config.aws_port = free_port()
     config.echo_function_logs = False
     choice = announce(config)
-    with LocalStack(config, choice) as stack:
+    try:
+        stack = LocalStack(config, choice).start()
+    except (StateFolderBusy, SnapshotFormatError) as error:
+        sys.exit(f"error: {error}")
+    try:
         client = TaskRunnerClient(stack.api_url)
         print(f"API at {stack.api_url}; submitting three tasks…", flush=True)
         ids = {name: client.submit({**spec, "name": f"demo-{name}"})["task_id"] for name, spec in DEMO_TASKS.items()}
@@ -67,5 +74,7 @@ def demo(config: LocalConfig) -> int:
             for line in client.logs(task["task_id"]):
                 print(f"  | {line}")
         print("\nstopping the local stack…", flush=True)
+    finally:
+        stack.stop()
     print("done.")
     return 0

@@ -12,6 +12,8 @@ What moto's CloudFormation cannot create is handled here, each for a stated reas
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import io
 import json
 import re
@@ -111,6 +113,32 @@ class Deployment:
     delivery_stream: str | None = None
     #: the EventBridge Scheduler schedules template.yaml declares: logical id -> schedule ARN
     schedule_arns: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Deployment:
+        return cls(**json.loads(text))
+
+
+@dataclass
+class _Plan:
+    """What moto's CloudFormation is given (the template without the deferred and dropped resources) and what the
+    deployer makes itself afterwards."""
+
+    template: dict[str, Any]
+    #: deferred logical id -> its type
+    deferred: dict[str, str]
+    #: logical id -> the name given to each deferred or dropped resource
+    names: dict[str, str]
+    #: deferred logical id -> its properties, with intrinsics still to be filled from the stack's outputs
+    deferred_props: dict[str, Any]
+
+    def deferred_in_order(self) -> list[str]:
+        """The deferred resources in the order they are made (a subscription filter needs its delivery stream)."""
+        order = list(DEFERRED_TYPES)
+        return sorted(self.deferred, key=lambda logical_id: order.index(self.deferred[logical_id]))
 
 
 def _zip_dir(path: Path) -> bytes:
@@ -217,9 +245,57 @@ class Deployer:
 
     # ------------------------------------------------------------------ deploy
 
+    def template_digest(self) -> str:
+        """A digest of what a deployment is made from (the template with its state machine definitions, the
+        parameters, the stack's name, account and region): a restart redeploys only when it changed. Function code
+        is not in it: the local Lambda runtime runs the code from its folder, as it is at every start."""
+        packaged = self.app.packaged(lambda logical_id, key, path: f"{logical_id}/{key}", inline_definitions=True)
+        basis = [packaged, self._parameters(), self.stack_name, self.account, self.region]
+        return hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()
+
     def deploy(self) -> Deployment:
         parameters = self._parameters()
         transformed = self.app.transform(self._upload_artifacts(), parameters, inline_definitions=True)
+        plan = self._plan(transformed)
+        outputs, physical_ids = self._create_stack(plan.template, parameters)
+        deployment = self._deployment(transformed, outputs, physical_ids, plan)
+        for logical_id in plan.deferred_in_order():
+            self._create_deferred(logical_id, plan, outputs, deployment)
+        return deployment
+
+    def update(self, previous: Deployment) -> tuple[Deployment, str]:
+        """Update a restored stack to the template as it is now, as a CloudFormation stack update does: moto's
+        CloudFormation updates the resources it manages; the deferred ones that changed are made again (a state
+        machine's definition is updated in place). Returns the deployment and what changed, in a few words."""
+        parameters = self._parameters()
+        transformed = self.app.transform(self._upload_artifacts(), parameters, inline_definitions=True)
+        before, after = previous.template["Resources"], transformed["Resources"]
+        added = sorted(set(after) - set(before))
+        removed = sorted(set(before) - set(after))
+        modified = sorted(k for k in set(after) & set(before) if after[k] != before[k])
+        plan = self._plan(transformed)
+        outputs, physical_ids = self._update_stack(plan.template, parameters)
+        deployment = self._deployment(transformed, outputs, physical_ids, plan)
+        for logical_id in plan.deferred_in_order():
+            if logical_id in added or logical_id in modified:
+                self._replace_deferred(
+                    logical_id,
+                    before=before.get(logical_id),
+                    plan=plan,
+                    outputs=outputs,
+                    deployment=deployment,
+                    previous=previous,
+                )
+            else:
+                self._keep_deferred(logical_id, deployment, previous)
+        for logical_id in removed:
+            if before[logical_id]["Type"] in DEFERRED_TYPES:
+                self._delete_deferred(logical_id, before[logical_id]["Type"], previous)
+        words = [f"{label} {', '.join(ids)}" for label, ids in (("added", added), ("updated", modified),
+                                                                 ("removed", removed)) if ids]
+        return deployment, "; ".join(words) or "no resource changed"
+
+    def _plan(self, transformed: dict[str, Any]) -> _Plan:
         template = copy.deepcopy(transformed)
         resources = template["Resources"]
         deferred = {k: v for k, v in resources.items() if v["Type"] in DEFERRED_TYPES}
@@ -244,7 +320,6 @@ class Deployer:
             for logical_id, name in names.items()
         }
         template = self._with_known(template, names, arns)
-        resources = template["Resources"]
         template["Outputs"] = {k: v for k, v in template.get("Outputs", {}).items() if not (_references(v) & removed)}
         resolver = _Resolver()
         deferred_props = {
@@ -252,9 +327,11 @@ class Deployer:
             for logical_id, resource in deferred.items()
         }
         template["Outputs"].update(resolver.outputs())
+        return _Plan(template, {k: v["Type"] for k, v in deferred.items()}, names, deferred_props)
 
-        outputs, physical_ids = self._create_stack(template, parameters)
-
+    def _deployment(
+        self, transformed: dict[str, Any], outputs: dict[str, str], physical_ids: dict[str, str], plan: _Plan
+    ) -> Deployment:
         deployment = Deployment(
             stack_name=self.stack_name,
             outputs={
@@ -264,16 +341,8 @@ class Deployer:
             template=transformed,
         )
         deployment.function_names = {
-            k: physical_ids[k] for k, v in resources.items() if v["Type"] == "AWS::Lambda::Function"
+            k: physical_ids[k] for k, v in plan.template["Resources"].items() if v["Type"] == "AWS::Lambda::Function"
         }
-        order = list(DEFERRED_TYPES)  # a subscription filter needs its delivery stream first
-        for logical_id, props in sorted(
-            deferred_props.items(), key=lambda item: order.index(deferred[item[0]]["Type"])
-        ):
-            resource_type = deferred[logical_id]["Type"]
-            self._create_deferred(
-                logical_id, resource_type, names[logical_id], _Resolver.fill(props, outputs), deployment
-            )
         return deployment
 
     def _generated_name(self, resource_type: str, logical_id: str) -> str:
@@ -339,17 +408,25 @@ class Deployer:
         self, template: dict[str, Any], parameters: dict[str, Any]
     ) -> tuple[dict[str, str], dict[str, str]]:
         cfn = self.client("cloudformation")
-        cfn_parameters = [
+        cfn.create_stack(
+            StackName=self.stack_name,
+            TemplateBody=json.dumps(template),
+            Parameters=self._cfn_parameters(template, parameters),
+            Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
+        )
+        return self._stack_result("CREATE_COMPLETE")
+
+    @staticmethod
+    def _cfn_parameters(template: dict[str, Any], parameters: dict[str, Any]) -> list[dict[str, str]]:
+        return [
             {"ParameterKey": k, "ParameterValue": ",".join(v) if isinstance(v, list) else str(v)}
             for k, v in parameters.items()
             if k in template.get("Parameters", {})
         ]
-        cfn.create_stack(
-            StackName=self.stack_name,
-            TemplateBody=json.dumps(template),
-            Parameters=cfn_parameters,
-            Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
-        )
+
+    def _stack_result(self, success: str) -> tuple[dict[str, str], dict[str, str]]:
+        """Wait for the stack to settle; its outputs and its resources' physical ids, or an error."""
+        cfn = self.client("cloudformation")
         deadline = time.monotonic() + 120
         while True:
             stack = cfn.describe_stacks(StackName=self.stack_name)["Stacks"][0]
@@ -358,7 +435,7 @@ class Deployer:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"stack {self.stack_name} is still {stack['StackStatus']}")
             time.sleep(0.1)
-        if stack["StackStatus"] != "CREATE_COMPLETE":
+        if stack["StackStatus"] != success:
             raise RuntimeError(
                 f"stack {self.stack_name} ended {stack['StackStatus']}: {stack.get('StackStatusReason')}"
             )
@@ -368,6 +445,22 @@ class Deployer:
         return outputs, {
             r["LogicalResourceId"]: r.get("PhysicalResourceId", "") for r in resources if "LogicalResourceId" in r
         }
+
+    def _update_stack(
+        self, template: dict[str, Any], parameters: dict[str, Any]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        cfn = self.client("cloudformation")
+        try:
+            cfn.update_stack(
+                StackName=self.stack_name,
+                TemplateBody=json.dumps(template),
+                Parameters=self._cfn_parameters(template, parameters),
+                Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
+            )
+        except cfn.exceptions.ClientError as error:
+            if "No updates are to be performed" not in str(error):
+                raise
+        return self._stack_result("UPDATE_COMPLETE")
 
     def _definition(self, logical_id: str, substitutions: dict[str, str]) -> str:
         source = self.app.resources[logical_id]["Properties"]
@@ -379,11 +472,62 @@ class Deployer:
 
         return render_definition(text, substitutions)
 
-    def _create_deferred(
-        self, logical_id: str, resource_type: str, name: str, props: dict[str, Any], deployment: Deployment
+    def _create_deferred(self, logical_id: str, plan: _Plan, outputs: dict[str, str], deployment: Deployment) -> None:
+        create = self._CREATORS[plan.deferred[logical_id]]
+        props = _Resolver.fill(plan.deferred_props[logical_id], outputs)
+        deployment.physical_ids[logical_id] = create(self, logical_id, plan.names[logical_id], props, deployment)
+
+    def _keep_deferred(self, logical_id: str, deployment: Deployment, previous: Deployment) -> None:
+        """A deferred resource the update leaves as it is: what the deployment knows of it carries over."""
+        deployment.physical_ids[logical_id] = previous.physical_ids[logical_id]
+        if logical_id in previous.schedule_arns:
+            deployment.schedule_arns[logical_id] = previous.schedule_arns[logical_id]
+        resource_type = previous.template["Resources"][logical_id]["Type"]
+        if resource_type == "AWS::StepFunctions::StateMachine":
+            deployment.state_machine_arn = previous.state_machine_arn
+        elif resource_type == "AWS::KinesisFirehose::DeliveryStream":
+            deployment.delivery_stream = previous.delivery_stream
+
+    def _replace_deferred(
+        self,
+        logical_id: str,
+        *,
+        before: dict[str, Any] | None,
+        plan: _Plan,
+        outputs: dict[str, str],
+        deployment: Deployment,
+        previous: Deployment,
     ) -> None:
-        create = self._CREATORS[resource_type]
-        deployment.physical_ids[logical_id] = create(self, logical_id, name, props, deployment)
+        """A deferred resource that is new or changed: a state machine is updated in place (its executions and ARN
+        stay), the others are deleted (when they existed) and made again."""
+        resource_type = plan.deferred[logical_id]
+        props = _Resolver.fill(plan.deferred_props[logical_id], outputs)
+        if before is not None and resource_type == "AWS::StepFunctions::StateMachine":
+            self.client("stepfunctions").update_state_machine(
+                stateMachineArn=previous.state_machine_arn,
+                definition=self._definition(logical_id, props.get("DefinitionSubstitutions", {})),
+                roleArn=props["RoleArn"],
+            )
+            self._keep_deferred(logical_id, deployment, previous)
+            return
+        if before is not None:
+            self._delete_deferred(logical_id, before["Type"], previous)
+        self._create_deferred(logical_id, plan, outputs, deployment)
+
+    def _delete_deferred(self, logical_id: str, resource_type: str, previous: Deployment) -> None:
+        """Delete a deferred resource of the previous deployment (those that only configure another resource are
+        simply put again by their creator)."""
+        name = previous.physical_ids.get(logical_id, "")
+        props = previous.template["Resources"][logical_id].get("Properties", {})
+        if resource_type == "AWS::StepFunctions::StateMachine":
+            self.client("stepfunctions").delete_state_machine(stateMachineArn=previous.state_machine_arn)
+        elif resource_type == "AWS::KinesisFirehose::DeliveryStream":
+            self.client("firehose").delete_delivery_stream(DeliveryStreamName=name)
+        elif resource_type == "AWS::Scheduler::Schedule":
+            group = props.get("GroupName", "default")
+            self.client("scheduler").delete_schedule(Name=name, GroupName=group if isinstance(group, str) else name)
+        elif resource_type == "AWS::Scheduler::ScheduleGroup":
+            self.client("scheduler").delete_schedule_group(Name=name)
 
     # Each creator makes one deferred resource through its service's API and returns its physical name.
 

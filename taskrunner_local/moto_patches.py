@@ -36,6 +36,8 @@ class Hooks:
     invoke_lambda: LambdaInvoker | None = None
     #: (account, region, repository, digests): BatchDeleteImage removed these images from ECR
     on_ecr_images_deleted: Callable[[str, str, str, list[str]], None] | None = None
+    #: moto's state was changed in-process, outside any request (the durable stack snapshots it)
+    on_state_changed: Callable[[], None] | None = None
 
 
 HOOKS = Hooks()
@@ -57,17 +59,22 @@ class Patch:
             self._originals = self._apply()
 
     def revert(self) -> None:
-        for owner, attribute, original in reversed(self._originals):
-            if isinstance(owner, dict):
-                owner[attribute] = original
-            elif original is _INHERITED:
-                delattr(owner, attribute)
-            else:
-                setattr(owner, attribute, original)
+        put_back(self._originals)
         self._originals = []
 
 
 _INHERITED = object()
+
+
+def put_back(originals: list[tuple[Any, str, Any]]) -> None:
+    """Undo `_replace`s, last first: an attribute that was inherited is deleted again."""
+    for owner, attribute, original in reversed(originals):
+        if isinstance(owner, dict):
+            owner[attribute] = original
+        elif original is _INHERITED:
+            delattr(owner, attribute)
+        else:
+            setattr(owner, attribute, original)
 
 
 def _replace(owner: Any, attribute: str, new: Any) -> tuple[Any, str, Any]:
@@ -504,7 +511,20 @@ def _patch_ecs_task_lifecycle() -> list[tuple[Any, str, Any]]:
 # ---------------------------------------------------------------------------------------------- DynamoDB
 
 
-def _patch_dynamodb_concurrency() -> list[tuple[Any, str, Any]]:  # noqa: PLR0915 - one patch, kept whole
+_DYNAMODB_LOCK_CREATION = threading.Lock()
+
+
+def dynamodb_lock(backend: Any) -> threading.RLock:
+    """The lock that serializes every operation on one DynamoDB backend (see `_patch_dynamodb_concurrency`); the
+    state store takes it too, so that items are written through in the order they were changed."""
+    lock = backend.__dict__.get("_taskrunner_lock")
+    if lock is None:
+        with _DYNAMODB_LOCK_CREATION:
+            lock = backend.__dict__.setdefault("_taskrunner_lock", threading.RLock())
+    return lock  # type: ignore[no-any-return]
+
+
+def _patch_dynamodb_concurrency() -> list[tuple[Any, str, Any]]:
     """moto's DynamoDB is not safe under concurrent requests (its server runs each request in a thread):
     TransactWriteItems deep-copies every table it touches to roll back, which races with other writes
     ("dictionary changed size during iteration"), throws away concurrent writes when it rolls back, and costs
@@ -516,14 +536,7 @@ def _patch_dynamodb_concurrency() -> list[tuple[Any, str, Any]]:  # noqa: PLR091
 
     guarded = ("put_item", "update_item", "delete_item", "get_item", "query", "scan")
     originals = {name: getattr(DynamoDBBackend, name) for name in guarded}
-    create_lock = threading.Lock()
-
-    def lock_of(backend: Any) -> threading.RLock:
-        lock = backend.__dict__.get("_taskrunner_lock")
-        if lock is None:
-            with create_lock:
-                lock = backend.__dict__.setdefault("_taskrunner_lock", threading.RLock())
-        return lock  # type: ignore[no-any-return]
+    lock_of = dynamodb_lock
 
     def serialized(name: str) -> Callable[..., Any]:
         original = originals[name]

@@ -150,6 +150,8 @@ def record_image(
         repository.images.append(image)
     elif tag is not None:
         image.update_tag(tag)
+    if moto_patches.HOOKS.on_state_changed is not None:  # the state folder keeps what ECR lists
+        moto_patches.HOOKS.on_state_changed()
 
 
 def _is_manifest(body: bytes) -> bool:

@@ -28,13 +28,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 WORKER_SCRIPT = Path(__file__).with_name("lambda_worker.py")
 WORKER_START_TIMEOUT_SECONDS = 60
 ASYNC_RETRY_DELAYS_SECONDS = (1.0, 2.0)  # Lambda retries an asynchronous invocation twice (after 1 and 2 minutes)
 #: sends a destination record to a destination ARN (an SQS queue, an SNS topic, ...)
 DestinationSender = Callable[[str, dict[str, Any]], None]
+
+
+class AsyncJournal(Protocol):
+    """Where accepted asynchronous invocations are kept until they are done, so that a stack that dies does not
+    lose them: Lambda acknowledges an asynchronous invocation only once it is queued durably."""
+
+    def accepted(self, request_id: str, function: str, event: Any, accepted_at: float) -> None: ...
+
+    def finished(self, request_id: str) -> None: ...
+
+    def pending(self) -> list[tuple[str, str, Any, float]]: ...
 
 
 @dataclass
@@ -237,9 +248,11 @@ class LambdaRuntime:
         concurrency: int = 6,
         echo_logs: bool = True,
         send_to_destination: DestinationSender | None = None,
+        journal: AsyncJournal | None = None,
     ) -> None:
         self._pools: dict[str, _Pool] = {}
         self._send_to_destination = send_to_destination
+        self._journal = journal
         self._names: dict[str, str] = {}
         self._async = ThreadPoolExecutor(max_workers=max(4, concurrency * 2), thread_name_prefix="lambda-async")
         self._closed = False
@@ -305,32 +318,57 @@ class LambdaRuntime:
             pool.release(worker)
         return invocation
 
-    def invoke_async(self, function: str, event: Any) -> None:
+    def invoke_async(
+        self, function: str, event: Any, *, request_id: str | None = None, accepted_at: float | None = None
+    ) -> None:
+        """Queue an asynchronous invocation (and, with a journal, keep it there durably until it is done; a
+        redelivered one keeps its request id and the time it was first accepted)."""
         logical_id = self._logical_id(function)
         spec = self._pools[logical_id].spec if logical_id is not None else None
         retries = ASYNC_RETRY_DELAYS_SECONDS[: spec.max_retry_attempts] if spec else ASYNC_RETRY_DELAYS_SECONDS
-        request_id = str(uuid.uuid4())  # one request, however many attempts
-        queued = time.monotonic()
+        request_id = request_id or str(uuid.uuid4())  # one request, however many attempts
+        accepted_at = time.time() if accepted_at is None else accepted_at
+        if self._journal is not None:
+            self._journal.accepted(request_id, function, event, accepted_at)
 
         def run() -> None:
             attempts, condition, last = 0, "RetriesExhausted", Invocation()
             for delay in (0.0, *retries):
                 if self._closed:
-                    return
+                    return  # still in the journal: the next start delivers it
                 time.sleep(delay)
-                if spec is not None and attempts and time.monotonic() - queued > spec.max_event_age_seconds:
+                if spec is not None and time.time() - accepted_at > spec.max_event_age_seconds:
                     condition = "EventAgeExceeded"
                     break
                 last = self.invoke(function, event, request_id)
                 attempts += 1
                 if last.error is None:
+                    self._finished(request_id)
                     return
+            if self._closed:
+                return
             record = failure_record(
                 spec, event, request_id=request_id, condition=condition, attempts=attempts, last=last
             )
             self._on_failure(function, spec, record)
+            self._finished(request_id)
 
         self._async.submit(run)
+
+    def _finished(self, request_id: str) -> None:
+        if self._journal is not None:
+            try:
+                self._journal.finished(request_id)
+            except Exception as exc:  # delivered once more at the next start: handlers are idempotent
+                print(f"[runtime] could not mark asynchronous invocation {request_id} done: {exc!r}", flush=True)
+
+    def redeliver(self) -> int:
+        """Queue again the asynchronous invocations a previous run accepted and did not finish (Lambda delivers an
+        event at least once); returns how many."""
+        pending = self._journal.pending() if self._journal is not None else []
+        for request_id, function, event, accepted_at in pending:
+            self.invoke_async(function, event, request_id=request_id, accepted_at=accepted_at)
+        return len(pending)
 
     def _on_failure(self, function: str, spec: FunctionSpec | None, record: dict[str, Any]) -> None:
         """Lambda sends a failed asynchronous event to the function's on-failure destination, or discards it."""

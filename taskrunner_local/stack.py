@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,14 @@ from taskrunner_local.deploy import Deployer, Deployment
 from taskrunner_local.engine import Engine
 from taskrunner_local.gateway import Gateway
 from taskrunner_local.images import BUSYBOX_IMAGE, PYTHON_IMAGE
+from taskrunner_local.persistence.durability import Durability
+from taskrunner_local.persistence.executions import ExecutionsPart
+from taskrunner_local.persistence.folder import StateFolder
+from taskrunner_local.persistence.lambda_async import DurableAsyncQueue
+from taskrunner_local.persistence.logs import LogsPart
+from taskrunner_local.persistence.s3 import S3Part
+from taskrunner_local.persistence.snapshots import Part
+from taskrunner_local.persistence.store import StateStore
 from taskrunner_local.registry import LocalEcr, RegistryUnavailable
 from taskrunner_local.runtime import FunctionSpec, LambdaRuntime
 from taskrunner_local.sam import SamApp
@@ -105,6 +111,16 @@ def choose_agent_mode(requested: str) -> AgentChoice:
     return AgentChoice("container", requested, reason, engine, missing)
 
 
+#: the state store's record of the deployed stack, and of the template it was deployed from
+DEPLOYMENT_META = "deployment"
+TEMPLATE_DIGEST_META = "template-digest"
+#: why a workflow the stack was running when it died did not finish
+INTERRUPTED_CAUSE = (
+    "The local stack stopped (Ctrl-C, kill -9 or power loss) while this task's workflow ran, before it launched "
+    "the task; submit the task again"
+)
+
+
 def _agent_log(line: str) -> None:
     print(f"[agent] {line}", flush=True)
 
@@ -129,37 +145,56 @@ class LocalStack:
         #: the local ECR's registry; None when it cannot run (`ecr_unavailable` says why)
         self.ecr: LocalEcr | None = None
         self.ecr_unavailable: str | None = None
-        self._work_dir: Path | None = None
-        self._own_work_dir = False
+        #: where the stack's state lives, the store in it, and what writes moto's state through to it
+        self.folder: StateFolder | None = None
+        self.store: StateStore | None = None
+        self.durability: Durability | None = None
+        #: what the start found in the state folder and did with it, for the banner
+        self.state_lines: list[str] = []
+        # what the stop left: the state folder (None when ephemeral) and the tasks still running
+        self._stopped_folder: Path | None = None
+        self._stopped_ephemeral = True
+        self._kept_running = 0
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> LocalStack:
         config = self.config
-        if config.work_dir is None:
-            self._work_dir = Path(tempfile.mkdtemp(prefix="taskrunner-local-"))
-            self._own_work_dir = True
-        else:
-            self._work_dir = config.work_dir
-            self._work_dir.mkdir(parents=True, exist_ok=True)
         try:
+            self.folder = StateFolder.open(None if config.ephemeral else config.state_dir, ephemeral=config.ephemeral)
+            self.store = StateStore(self.folder.path, durable=not self.folder.ephemeral)
+            parts: list[Part] = [
+                LogsPart(self.store),
+                S3Part(self.store, self.folder.sub("s3")),
+                ExecutionsPart(self.store),
+            ]
+            self.durability = Durability(self.store, parts=parts)
             if self.choice is None:
                 self.choice = choose_agent_mode(config.agent_mode)
-            self.aws.start()
+            self.aws.start(before_serving=self._restore)
+            moto_patches.HOOKS.on_state_changed = self.durability.changed
             self.session = EndpointSession(config)
             self._start_registry()
             app = SamApp(config.root / "template.yaml")
-            self.deployment = Deployer(app, self.session, config.stack_name, config.region, config.account).deploy()
+            self.deployment = self._deploy(app)
             self.runtime = LambdaRuntime(
                 self._function_specs(app),
                 base_env=self._function_base_env(),
                 concurrency=config.lambda_concurrency,
                 echo_logs=config.echo_function_logs,
                 send_to_destination=self._send_to_destination,
+                journal=DurableAsyncQueue(self.store),
             )
             moto_patches.HOOKS.invoke_lambda = self.runtime.invoke_payload
             self._start_agent()
             self.runtime.warm()
+            if self.durability.restored:
+                self._settle_interrupted()
+                redelivered = self.runtime.redeliver()
+                if redelivered:
+                    self.state_lines.append(
+                        f"{redelivered} asynchronous invocation(s) accepted before the stop redelivered"
+                    )
             self.gateway = Gateway(
                 app.http_routes(),
                 self.runtime,
@@ -183,17 +218,92 @@ class LocalStack:
             raise
         return self
 
+    def _restore(self) -> None:
+        """Between patching moto and serving: write moto's state through from now on, and read back what the
+        state folder holds (a first start finds nothing, and begins from an empty account)."""
+        from moto.core.base_backend import BackendDict
+
+        assert self.durability is not None and self.store is not None
+        BackendDict.reset()  # this process may have run a stack before: start from what the folder says, only
+        self.durability.install()
+        if not self.durability.restore():
+            self.store.wipe()  # what a start that died before its first snapshot left
+
+    def _deploy(self, app: SamApp) -> Deployment:
+        """The deployed stack: restored as it was when the template is unchanged, updated when it changed,
+        deployed when the state folder has none."""
+        assert self.durability is not None and self.store is not None and self.folder is not None
+        config = self.config
+        deployer = Deployer(app, self.session, config.stack_name, config.region, config.account)
+        digest = deployer.template_digest()
+        saved = self.store.meta(DEPLOYMENT_META)
+        if self.durability.restored and saved is not None:
+            deployment = Deployment.from_json(saved)
+            if self.store.meta(TEMPLATE_DIGEST_META) == digest:
+                self.state_lines.append(f"stack {deployment.stack_name} restored (template unchanged)")
+                return deployment
+            with self.durability.deferred():
+                deployment, changes = deployer.update(deployment)
+                self._remember(deployment, digest)
+            self.state_lines.append(f"stack {deployment.stack_name} updated: the template changed ({changes})")
+            return deployment
+        with self.durability.deferred():
+            deployment = deployer.deploy()
+            self._remember(deployment, digest)
+        self.state_lines.append(f"stack {deployment.stack_name} deployed")
+        return deployment
+
+    def _settle_interrupted(self) -> None:
+        """After a restore: the workflows the dead stack was running cannot go on (their executions were settled
+        ABORTED when the state was read back). A task whose workflow had launched its ECS task is the agent's: it
+        was re-adopted or settled, and its STOPPED event finalizes and meters it. A task whose workflow had not is
+        finalized here, through the finalize function, as failed with a reason that says the stack stopped. Then
+        the reconciler runs once, at once, for whatever is left (a STOPPED event lost in the crash, say)."""
+        assert self.durability is not None and self.runtime is not None and self.deployment is not None
+        interrupted = self.durability.interrupted_executions()
+        launched = {
+            task.started_by for cluster_tasks in self.ecs_backend().tasks.values() for task in cluster_tasks.values()
+        }
+        functions = self.deployment.function_names
+        failed = 0
+        for execution in interrupted:
+            task_id = execution["name"]
+            if task_id in launched:
+                continue
+            invocation = self.runtime.invoke(
+                functions["FinalizeFunction"],
+                {
+                    "task_id": task_id,
+                    "outcome": "ERROR",
+                    "error": {"Error": "LocalStackStopped", "Cause": INTERRUPTED_CAUSE},
+                },
+            )
+            if invocation.error is not None:
+                failed += 1
+                print(f"[state] could not settle task {task_id}: {invocation.error}", flush=True)
+        report = self.runtime.invoke(functions["ReconcilerFunction"], {"source": "taskrunner.local-restart"})
+        settled = (report.result or {}).get("settled", 0) if isinstance(report.result, dict) else 0
+        self.state_lines.append(
+            f"{len(interrupted)} workflow(s) were cut short by the stop ({len(interrupted) - failed} settled), "
+            f"the reconciler settled {settled} more task(s)"
+        )
+
+    def _remember(self, deployment: Deployment, digest: str) -> None:
+        assert self.store is not None
+        self.store.set_meta(DEPLOYMENT_META, deployment.to_json())
+        self.store.set_meta(TEMPLATE_DIGEST_META, digest)
+
     def _start_registry(self) -> None:
         """The local ECR's registry, after the AWS endpoint (it answers from moto's ECR); without
         docker-registry the stack runs on, and says that the local ECR is unavailable and how to get it."""
-        assert self._work_dir is not None
+        assert self.folder is not None
         config = self.config
         ecr = LocalEcr(
             account=config.account,
             region=config.region,
             host=config.host,
             port=config.registry_port,
-            work_dir=self._work_dir / "registry",
+            work_dir=self.folder.sub("registry"),
             on_log=_ecr_log,
         )
         try:
@@ -219,7 +329,7 @@ class LocalStack:
         ]
 
     def _start_agent(self) -> None:
-        assert self.session is not None and self._work_dir is not None
+        assert self.session is not None and self.folder is not None and self.durability is not None
         config = self.config
         launcher: Launcher | None = None
         assert self.choice is not None
@@ -228,13 +338,13 @@ class LocalStack:
                 self.choice.engine,
                 stack_name=config.stack_name,
                 region=config.region,
-                work_dir=self._work_dir / "containers",
+                work_dir=self.folder.sub("containers"),
                 on_log=_agent_log,
                 registry=self.ecr,
             )
         self.agent = FargateAgent(
             AwsInside(config.account, config.region),
-            work_dir=self._work_dir / "tasks",
+            work_dir=self.folder.sub("tasks"),
             stop_timeout_seconds=config.stop_timeout_seconds,
             max_running_tasks=config.max_running_tasks,
             region=config.region,
@@ -269,14 +379,33 @@ class LocalStack:
         moto_patches.HOOKS.on_run_task = None
         moto_patches.HOOKS.on_stop_task = None
         moto_patches.HOOKS.on_ecr_images_deleted = None
+        moto_patches.HOOKS.on_state_changed = None
         if self.ecr is not None:
             self.ecr.stop()
             self.ecr = None
         self.aws.stop()
+        if self.durability is not None:
+            self.durability.revert()
+            self.durability = None
         moto_patches.revert_all()
-        if self._own_work_dir and self._work_dir is not None:
-            shutil.rmtree(self._work_dir, ignore_errors=True)
-            self._work_dir = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        if self.folder is not None:
+            self._stopped_folder, self._stopped_ephemeral = self.folder.path, self.folder.ephemeral
+            self.folder.close()
+            self.folder = None
+
+    def stopped_line(self) -> str:
+        """What the command line says once the stack stopped: where its state is, and what is still running."""
+        if self._stopped_folder is None or self._stopped_ephemeral:
+            return "stopped; no task process is left running."
+        kept = (
+            f"; {self._kept_running} task(s) keep running in their containers and the next start re-adopts them"
+            if self._kept_running
+            else ""
+        )
+        return f"stopped; its state is kept in {self._stopped_folder}{kept}."
 
     def __enter__(self) -> LocalStack:
         return self.start()

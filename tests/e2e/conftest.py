@@ -50,7 +50,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         aws_port=free_port(),
         registry_port=free_port(),
         stack_name="taskrunner-e2e",
-        work_dir=tmp_path_factory.mktemp("local-stack"),
+        ephemeral=True,
         stop_timeout_seconds=5.0,
         echo_function_logs=False,
         agent_mode=mode,

@@ -533,7 +533,7 @@ def _serve(api_port: int, aws_port: int, stack_name: str) -> None:
         api_port=api_port,
         aws_port=aws_port,
         stack_name=stack_name,
-        work_dir=Path(os.environ["TASKRUNNER_WORK_DIR_FOR_TEST"]),
+        ephemeral=True,
         stop_timeout_seconds=STOP_TIMEOUT_SECONDS,
         echo_function_logs=False,
         agent_mode="container",

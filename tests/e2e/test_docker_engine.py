@@ -21,7 +21,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -51,7 +50,7 @@ def serve(api_port: str, aws_port: str, stack_name: str, work_dir: str) -> int:
         api_port=int(api_port),
         aws_port=int(aws_port),
         stack_name=stack_name,
-        work_dir=Path(work_dir),
+        ephemeral=True,
         stop_timeout_seconds=STOP_TIMEOUT_SECONDS,
         echo_function_logs=False,
     )
