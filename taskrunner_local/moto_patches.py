@@ -697,6 +697,23 @@ def _patch_logs_page_size() -> list[tuple[Any, str, Any]]:
     return [_replace(LogStream, "get_log_events", get_log_events)]
 
 
+def _patch_lambda_cloudformation_update_layers() -> list[tuple[Any, str, Any]]:
+    """A CloudFormation update of a function that uses a layer of the same stack crashes: moto's update hands the
+    function's `Layers` as the layer version objects its Ref resolved to, where the function expects ARNs (AWS
+    resolves Ref of a layer version to its ARN). Updating a stack whose template changed needs it."""
+    from moto.awslambda.models import LambdaFunction
+
+    original = LambdaFunction.update_configuration
+
+    def update_configuration(self: Any, config_updates: dict[str, Any]) -> Any:
+        layers = config_updates.get("Layers")
+        if layers:
+            config_updates = {**config_updates, "Layers": [getattr(layer, "arn", layer) for layer in layers]}
+        return original(self, config_updates)
+
+    return [_replace(LambdaFunction, "update_configuration", update_configuration)]
+
+
 # ---------------------------------------------------------------------------------------------- EC2
 
 
@@ -933,6 +950,12 @@ PATCHES: list[Patch] = [
     ),
     Patch("lambda-invoke-local", "Lambda functions run only in Docker.", _patch_lambda_invoke),
     Patch("events-lambda-targets", "EventBridge rules cannot target Lambda functions.", _patch_events_lambda_targets),
+    Patch(
+        "lambda-cloudformation-update-layers",
+        "A CloudFormation update of a function with a layer of the same stack crashes (its Layers are passed as "
+        "objects, not ARNs), so a stack whose template changed cannot be updated.",
+        _patch_lambda_cloudformation_update_layers,
+    ),
 ]
 
 

@@ -265,11 +265,8 @@ class LocalStack:
             task.started_by for cluster_tasks in self.ecs_backend().tasks.values() for task in cluster_tasks.values()
         }
         functions = self.deployment.function_names
-        failed = 0
-        for execution in interrupted:
-            task_id = execution["name"]
-            if task_id in launched:
-                continue
+        not_launched = [execution["name"] for execution in interrupted if execution["name"] not in launched]
+        for task_id in not_launched:
             invocation = self.runtime.invoke(
                 functions["FinalizeFunction"],
                 {
@@ -278,15 +275,17 @@ class LocalStack:
                     "error": {"Error": "LocalStackStopped", "Cause": INTERRUPTED_CAUSE},
                 },
             )
-            if invocation.error is not None:
-                failed += 1
-                print(f"[state] could not settle task {task_id}: {invocation.error}", flush=True)
+            if invocation.error is not None:  # the reconciler below (or a later run of it) settles it
+                print(f"[state] could not finalize task {task_id}: {invocation.error}", flush=True)
         report = self.runtime.invoke(functions["ReconcilerFunction"], {"source": "taskrunner.local-restart"})
-        settled = (report.result or {}).get("settled", 0) if isinstance(report.result, dict) else 0
-        self.state_lines.append(
-            f"{len(interrupted)} workflow(s) were cut short by the stop ({len(interrupted) - failed} settled), "
-            f"the reconciler settled {settled} more task(s)"
-        )
+        result = report.result if isinstance(report.result, dict) else {}
+        if interrupted:
+            self.state_lines.append(
+                f"{len(interrupted)} workflow(s) were cut short by the stop: {len(interrupted) - len(not_launched)} "
+                f"had launched their task (the agent re-adopted or settled it), {len(not_launched)} had not (settled)"
+            )
+        if result.get("settled") or result.get("stopping"):
+            self.state_lines.append(f"the reconciler settled {result.get('settled', 0)} task(s) left unfinished")
 
     def _remember(self, deployment: Deployment, digest: str) -> None:
         assert self.store is not None
