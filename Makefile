@@ -13,7 +13,7 @@ CHECKOV := $(CHECKOV_VENV)/bin/checkov
 SCHEMATHESIS_VENV := .tools/schemathesis
 ENGINE_READY := .taskrunner/engine/.ready
 
-.PHONY: help run demo bench venv engine images sam-cli sam-local sam-local-stop sam-local-ready checkov-cli schemathesis-cli test test-fast lint typecheck cfn-lint checkov schemathesis validate build events clean
+.PHONY: help run reset demo bench venv engine images sam-cli sam-local sam-local-stop sam-local-ready checkov-cli schemathesis-cli test test-fast lint typecheck cfn-lint checkov schemathesis validate build events clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -30,9 +30,12 @@ $(VENV)/.installed: requirements-dev.txt layers/common/requirements.txt pyprojec
 # run and demo use what the machine has: with a working container engine they build the offline task images first
 # (once; a no-op takes a fraction of a second) and tasks run as containers; without one they say how to get it
 # (`make engine images`, as root on Debian) and run tasks as host processes. They never install the engine.
-run: venv ## start the whole system locally (API on :3000, AWS endpoint on :4566) until Ctrl-C
+run: venv ## start the whole system locally (API on :3000, AWS endpoint on :4566; state kept in .taskrunner/) until Ctrl-C
 	-@$(BIN)/python -m taskrunner_local.images
 	$(BIN)/taskrunner local up
+
+reset: venv ## forget what the local stack kept in .taskrunner/ (tasks, records, schedules, logs, archive, ECR images)
+	$(BIN)/taskrunner local reset
 
 demo: venv ## one-command tour: a task that succeeds, one that fails, one cancelled; table and logs
 	-@$(BIN)/python -m taskrunner_local.images

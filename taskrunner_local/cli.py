@@ -1,4 +1,4 @@
-"""`taskrunner local up | demo | invoke`: the local stack from the command line."""
+"""`taskrunner local up | demo | invoke | reset`: the local stack from the command line."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from taskrunner_local.config import AGENT_MODES, LocalConfig
 from taskrunner_local.images import PYTHON_IMAGE
-from taskrunner_local.persistence.folder import StateFolderBusy
+from taskrunner_local.persistence.folder import StateFolder, StateFolderBusy
 from taskrunner_local.persistence.snapshots import SnapshotFormatError
 from taskrunner_local.stack import AgentChoice, EngineUnavailable, LocalStack, choose_agent_mode
 
@@ -120,6 +120,23 @@ def up(config: LocalConfig) -> int:
     return 0
 
 
+def reset(config: LocalConfig) -> int:
+    """Forget everything a durable stack kept (tasks, records, schedules, logs, archive, images of the local ECR)."""
+    if not config.state_dir.exists():
+        print(f"nothing to reset: {config.state_dir} does not exist")
+        return 0
+    try:
+        folder = StateFolder.open(config.state_dir)
+    except StateFolderBusy as error:
+        sys.exit(f"error: {error}")
+    try:
+        removed = folder.forget()
+    finally:
+        folder.close()
+    print(f"reset {config.state_dir}: removed {', '.join(removed) or 'nothing'}")
+    return 0
+
+
 def invoke(config: LocalConfig, function: str, event_file: Path | None) -> int:
     """A stand-in for `sam local invoke` that needs no Docker: the same runtime, the stack behind it."""
     event: Any = json.loads(event_file.read_text()) if event_file else {}
@@ -160,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         "containers or refuse to start (needs `make engine images`); process: host processes; "
         "default $TASKRUNNER_AGENT_MODE or auto",
     )
+    reset_parser = actions.add_parser(
+        "reset", help="forget everything the stack kept in its state folder (it must not be running)"
+    )
+    reset_parser.add_argument("--state-dir", type=Path, help="default $TASKRUNNER_STATE_DIR or .taskrunner/")
     actions.add_parser("demo", help="a one-command tour: run a task that succeeds, one that fails, one cancelled")
     invoke_parser = actions.add_parser("invoke", help="invoke one function on an event, like `sam local invoke`")
     invoke_parser.add_argument("function", help="the function's logical id in template.yaml, e.g. ApiFunction")
@@ -174,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         config.state_dir = args.state_dir or config.state_dir
         config.ephemeral = args.ephemeral or config.ephemeral
         return up(config)
+    if args.action == "reset":
+        config.state_dir = args.state_dir or config.state_dir
+        return reset(config)
     if args.action == "invoke":
         config.echo_function_logs = True
         return invoke(config, args.function, args.event)

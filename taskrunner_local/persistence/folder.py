@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 
 LOCK_FILE = "stack.lock"
+#: what `forget` leaves in a state folder: its lock, and the project's container engine (`.taskrunner/engine/`)
+KEPT_BY_FORGET = frozenset({LOCK_FILE, "engine"})
 
 
 EPHEMERAL_PREFIX = "taskrunner-ephemeral-"
@@ -75,6 +77,20 @@ class StateFolder:
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, str(os.getpid()).encode(), 0)
         self._lock_fd = descriptor
+
+    def forget(self) -> list[str]:
+        """Remove everything the stack keeps here (while holding the lock, so no stack runs on it), except what is
+        not its state (the container engine's configuration and image store, `engine/`). Returns what it removed."""
+        removed = []
+        for entry in sorted(self.path.iterdir()):
+            if entry.name in KEPT_BY_FORGET:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry.name)
+        return removed
 
     def sub(self, name: str) -> Path:
         """A folder inside the state folder, made when missing."""
