@@ -14,6 +14,9 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
+#: GetLogEvents' largest page
+LOG_EVENTS_PAGE = 10_000
+
 
 @cache
 def _describe_tasks_serializer() -> Any:
@@ -78,3 +81,22 @@ class AwsInside:
 
     def put_log_events(self, group: str, stream: str, events: list[dict[str, Any]]) -> None:
         self._logs().put_log_events(group, stream, events)
+
+    def count_log_events(self, group: str, stream: str) -> int:
+        """How many events a log stream holds (0 when it does not exist), read page by page as GetLogEvents
+        reads them: where the agent resumes a re-adopted task's output."""
+        from moto.logs.exceptions import ResourceNotFoundException
+
+        logs = self._logs()
+        count = 0
+        token: str | None = None
+        while True:
+            try:
+                events, _backward, token = logs.get_log_events(
+                    group, None, stream, None, None, LOG_EVENTS_PAGE, token, True
+                )
+            except ResourceNotFoundException:
+                return 0
+            if not events:
+                return count
+            count += len(events)

@@ -46,7 +46,7 @@ def banner(stack: LocalStack) -> str:
     # the offline image runs in container mode (no registry is needed) and is only recorded in process mode
     image = PYTHON_IMAGE
     stop_line = (
-        "Ctrl-C stops everything (and removes the ephemeral state)."
+        "Ctrl-C stops the stack and everything it runs (its ephemeral state is removed)."
         if stack.folder.ephemeral
         else "Ctrl-C stops the stack; running tasks keep running and the next start re-adopts them (state is kept)."
     )

@@ -6,6 +6,10 @@ image, creates and starts the container, stops it and removes it. Each container
 beyond it), CPU and process limits, no host mount and none of the host's environment, and a network that reaches
 out but not the host's 127.0.0.1, where the stack's endpoints listen. Its labels name the stack and the ECS task,
 so that a restarted agent and the stack's shutdown find them.
+
+A container outlives the agent that started it (the engine's monitor, conmon, keeps it and its output): the next
+agent adopts it (`ContainerLauncher.adopt`), reading its whole output again from the engine's log of it (`logs
+--follow`, which ends when the container exits) and its exit from the engine's record of it.
 """
 
 from __future__ import annotations
@@ -16,18 +20,30 @@ import dataclasses
 import ipaddress
 import json
 import math
+import os
 import platform
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from taskrunner_local.agent import Execution, ImageNotPresent, Launch, StartError, Stray, ecs_environment
+from taskrunner_local.agent import (
+    Adopted,
+    Execution,
+    ImageNotPresent,
+    Launch,
+    NotStarted,
+    StartError,
+    Stray,
+    ecs_environment,
+)
 from taskrunner_local.engine import Engine
 from taskrunner_local.limits import TASK_PIDS_MAX
 
@@ -52,6 +68,12 @@ _ARCHITECTURES = {
 }
 #: What a create says when the image is not in the store: then the agent pulls it and creates again.
 _IMAGE_MISSING = ("image not known", "no such image", "unable to find image")
+#: A container's `State.Status` (podman's and docker's words) when it runs, and when it has run and exited: the
+#: next agent adopts both; one that never started (created, initialized, configured: no StartedAt) is removed.
+_RUNNING_STATES = frozenset({"running", "paused", "stopping", "restarting"})
+_EXITED_STATES = frozenset({"exited", "stopped", "dead"})
+#: the credential folders of pulls from the local ECR, in the launcher's work_dir
+_PULL_DIR_PREFIX = "pull-"
 
 
 @dataclass(frozen=True)
@@ -189,6 +211,7 @@ class ContainerExecution:
         self.process = process
         self.stop_timeout = stop_timeout
         self._stopping: subprocess.Popen[bytes] | None = None
+        self._finished_at: datetime | None = None
 
     def terminate(self) -> None:
         """`stop -t`: SIGTERM to the container's main process, SIGKILL after the stop timeout (the agent also
@@ -215,13 +238,29 @@ class ContainerExecution:
         return [f"container {line}" for line in listed.stdout.split()]
 
     def exit_status(self, returncode: int) -> tuple[int, bool]:
-        inspected = self.engine.run(
-            "inspect", "--format", "{{.State.ExitCode}} {{.State.OOMKilled}}", self.container_id
-        )
-        exit_code, _, oom = inspected.stdout.strip().partition(" ")
-        if inspected.returncode != 0 or not exit_code.lstrip("-").isdigit():
-            raise RuntimeError(f"could not inspect container {self.container_id}: {_said(inspected)}")
-        return int(exit_code), oom == "true"
+        state = _state(self.engine, self.container_id)
+        if state.get("Status") in _RUNNING_STATES:
+            # the command that followed it ended first (an adopted container's `logs`, a crashed engine command)
+            self.engine.run("wait", self.container_id, timeout=ENGINE_TIMEOUT_SECONDS)
+            state = _state(self.engine, self.container_id)
+        exit_code = state.get("ExitCode")
+        if not isinstance(exit_code, int) or state.get("Status") not in _EXITED_STATES:
+            raise RuntimeError(f"container {self.container_id} has not exited: {state}")
+        self._finished_at = engine_time(state.get("FinishedAt"))
+        return exit_code, state.get("OOMKilled") is True
+
+    def finished_at(self) -> datetime | None:
+        return self._finished_at
+
+    def release(self) -> None:
+        """End the engine command that carries the container's output (`start --attach`, `logs --follow`) with
+        SIGKILL, which it cannot pass on to the container (SIGTERM it would). The container keeps running under
+        the engine's monitor; a `stop` under way is left to finish."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)  # its own session: itself and nothing of the task
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=ENGINE_TIMEOUT_SECONDS)
 
     def close(self) -> bool:
         """Remove the container (killing whatever still runs in it) and reap the engine commands."""
@@ -243,6 +282,7 @@ class ContainerLauncher:
     found missing (the agent then starts again), so a task of an image already in the store costs no look-up."""
 
     mode = "container"
+    adopts = True
 
     def __init__(
         self,
@@ -298,7 +338,7 @@ class ContainerLauncher:
                 f"CannotPullContainerError: {launch.image} is not in the local image store, and images are not "
                 "pulled from a registry on this machine's loopback (push it to the local ECR instead)"
             )
-        auth_dir = Path(tempfile.mkdtemp(prefix="pull-", dir=self.work_dir)) if local else None
+        auth_dir = Path(tempfile.mkdtemp(prefix=_PULL_DIR_PREFIX, dir=self.work_dir)) if local else None
         try:
             engine = self.engine
             options: tuple[str, ...] = ()
@@ -459,8 +499,55 @@ class ContainerLauncher:
             raise RuntimeError(f"could not list the containers labelled {label}: {_said(listed)}")
         return listed.stdout.split()
 
+    def adopt(self, task: Any, launch: Launch) -> Adopted | None:
+        """The task's container, running or exited, followed from now on by `logs --follow` (its whole output from
+        its start: the agent skips what was shipped). A container of it that never started (the agent stopped
+        between creating and starting it: podman's `start --attach` starts the container a moment after the agent
+        reported RUNNING) is removed and NotStarted raised; a second container of it is removed. None without a
+        container."""
+        containers = self._labelled(f"{TASK_ARN_LABEL}={task.task_arn}")
+        if not containers:
+            return None
+        states = {container: _state(self.engine, container) for container in containers}
+        started = [c for c in containers if engine_time(states[c].get("StartedAt")) is not None]
+        chosen = next((c for c in started if states[c].get("Status") in _RUNNING_STATES | _EXITED_STATES), None)
+        others = [c for c in containers if c != chosen]
+        if others:
+            self._remove(*others)
+        if chosen is None:
+            if started:
+                return None  # it ran and is going away (being removed): nothing to follow
+            raise NotStarted(f"container {containers[0][:12]} of {task.task_arn} was created, never started")
+        state = states[chosen]
+        process = subprocess.Popen(
+            self.engine.command("logs", "--follow", chosen),
+            env=self.engine.env(),
+            cwd=self.work_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+            start_new_session=True,
+        )
+        execution = ContainerExecution(self.engine, self.dialect, chosen, process, launch.stop_timeout)
+        exited = state.get("Status") in _EXITED_STATES
+        return Adopted(
+            execution,
+            started_at=engine_time(state.get("StartedAt")),
+            finished_at=engine_time(state.get("FinishedAt")) if exited else None,
+        )
+
     def kill_leftovers(self, task: Any) -> bool:
         return self._remove(*self._labelled(f"{TASK_ARN_LABEL}={task.task_arn}"))
+
+    def sweep(self, stopped: list[Any], live: set[str]) -> list[str]:
+        """The credential folders of pulls a previous agent did not finish (no pull is under way at an agent's
+        start). The containers of stopped tasks are strays (`strays`)."""
+        removed = []
+        for entry in self.work_dir.glob(f"{_PULL_DIR_PREFIX}*"):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(f"directory {entry.name}")
+        return removed
 
     def strays(self) -> list[Stray]:
         """Every container of this stack, with the ECS task it names (the agent leaves out those it runs)."""
@@ -482,6 +569,27 @@ class ContainerLauncher:
     def shutdown(self) -> None:
         """Remove every container of this stack, whatever its task's thread managed to do."""
         self._remove(*self._labelled(self.label))
+
+
+def _state(engine: Engine, container_id: str) -> dict[str, Any]:
+    """The container's `State` as the engine records it (Status, ExitCode, OOMKilled, StartedAt, FinishedAt)."""
+    inspected = engine.run("inspect", "--format", "{{json .State}}", container_id, timeout=ENGINE_TIMEOUT_SECONDS)
+    if inspected.returncode != 0:
+        raise RuntimeError(f"could not inspect container {container_id}: {_said(inspected)}")
+    state = json.loads(inspected.stdout)
+    if not isinstance(state, dict):
+        raise RuntimeError(f"could not inspect container {container_id}: {inspected.stdout!r}")
+    return state
+
+
+def engine_time(value: object) -> datetime | None:
+    """A time of the engine's record (RFC 3339, nanoseconds; `0001-01-01T00:00:00Z` for never), None for never."""
+    if not isinstance(value, str) or not value or value.startswith("0001-01-01"):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
 
 
 def _containers_dir(engine: Engine) -> Path | None:

@@ -291,8 +291,11 @@ class Deployer:
         for logical_id in removed:
             if before[logical_id]["Type"] in DEFERRED_TYPES:
                 self._delete_deferred(logical_id, before[logical_id]["Type"], previous)
-        words = [f"{label} {', '.join(ids)}" for label, ids in (("added", added), ("updated", modified),
-                                                                 ("removed", removed)) if ids]
+        words = [
+            f"{label} {', '.join(ids)}"
+            for label, ids in (("added", added), ("updated", modified), ("removed", removed))
+            if ids
+        ]
         return deployment, "; ".join(words) or "no resource changed"
 
     def _plan(self, transformed: dict[str, Any]) -> _Plan:

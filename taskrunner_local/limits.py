@@ -491,18 +491,30 @@ class LimitsFactory:
         """What an agent that is gone left of a task: every process in the task's cgroup while it has one (then
         the cgroup goes too); without one, every process of its main process's group and session. True when
         nothing is left."""
-        cgroup: TaskLimits | None = None
-        if self.kind == "cgroup-v1":
-            v1 = _CgroupV1Limits(name, 0, 0, create=False)
-            cgroup = v1 if v1.memory_dir.is_dir() else None
-        elif self.kind == "cgroup-v2":
-            v2 = _CgroupV2Limits(name, 0, 0, create=False)
-            cgroup = v2 if v2.dir.is_dir() else None
+        cgroup = self._leftover_cgroup(name)
         if cgroup is not None:
             return cgroup.close()
         if process_group:
             return _CgroupLessLeftovers(name, process_group).kill_all()
         return True
+
+    def kill_leftover_cgroup(self, name: str) -> bool:
+        """Kill every process in the cgroup of the task `name` and remove the cgroup; whether there was one."""
+        cgroup = self._leftover_cgroup(name)
+        if cgroup is None:
+            return False
+        cgroup.close()
+        return True
+
+    def _leftover_cgroup(self, name: str) -> TaskLimits | None:
+        """The cgroup the task `name` was given, when it is still there."""
+        if self.kind == "cgroup-v1":
+            v1 = _CgroupV1Limits(name, 0, 0, create=False)
+            return v1 if v1.memory_dir.is_dir() else None
+        if self.kind == "cgroup-v2":
+            v2 = _CgroupV2Limits(name, 0, 0, create=False)
+            return v2 if v2.dir.is_dir() else None
+        return None
 
 
 class _CgroupLessLeftovers(TaskLimits):

@@ -114,11 +114,6 @@ def choose_agent_mode(requested: str) -> AgentChoice:
 #: the state store's record of the deployed stack, and of the template it was deployed from
 DEPLOYMENT_META = "deployment"
 TEMPLATE_DIGEST_META = "template-digest"
-#: why a workflow the stack was running when it died did not finish
-INTERRUPTED_CAUSE = (
-    "The local stack stopped (Ctrl-C, kill -9 or power loss) while this task's workflow ran, before it launched "
-    "the task; submit the task again"
-)
 
 
 def _agent_log(line: str) -> None:
@@ -254,38 +249,33 @@ class LocalStack:
         return deployment
 
     def _settle_interrupted(self) -> None:
-        """After a restore: the workflows the dead stack was running cannot go on (their executions were settled
-        ABORTED when the state was read back). A task whose workflow had launched its ECS task is the agent's: it
-        was re-adopted or settled, and its STOPPED event finalizes and meters it. A task whose workflow had not is
-        finalized here, through the finalize function, as failed with a reason that says the stack stopped. Then
-        the reconciler runs once, at once, for whatever is left (a STOPPED event lost in the crash, say)."""
+        """After a restore: the workflows the dead stack was running cannot go on in the middle of a state; their
+        executions were settled ABORTED (LocalStackStopped) when the state was read back. A task whose workflow had
+        launched its ECS task is the agent's: re-adopted, or settled, and its STOPPED event finalizes and meters
+        it. The others (their workflow had not launched a task), and whatever else a crash left unfinished (a
+        STOPPED event lost on its way), are the reconciler's: it runs once, at once, and settles them through the
+        one finalize path: a task whose execution ended without an ECS task ends FAILED, metered 0."""
         assert self.durability is not None and self.runtime is not None and self.deployment is not None
         interrupted = self.durability.interrupted_executions()
         launched = {
             task.started_by for cluster_tasks in self.ecs_backend().tasks.values() for task in cluster_tasks.values()
         }
-        functions = self.deployment.function_names
-        not_launched = [execution["name"] for execution in interrupted if execution["name"] not in launched]
-        for task_id in not_launched:
-            invocation = self.runtime.invoke(
-                functions["FinalizeFunction"],
-                {
-                    "task_id": task_id,
-                    "outcome": "ERROR",
-                    "error": {"Error": "LocalStackStopped", "Cause": INTERRUPTED_CAUSE},
-                },
-            )
-            if invocation.error is not None:  # the reconciler below (or a later run of it) settles it
-                print(f"[state] could not finalize task {task_id}: {invocation.error}", flush=True)
-        report = self.runtime.invoke(functions["ReconcilerFunction"], {"source": "taskrunner.local-restart"})
+        not_launched = [execution for execution in interrupted if execution["name"] not in launched]
+        report = self.runtime.invoke(
+            self.deployment.function_names["ReconcilerFunction"],
+            # nothing is launching (the API does not serve yet) and the agent has settled every ECS task it could
+            {"source": "taskrunner.local-restart", "grace_seconds": 0, "launch_grace_seconds": 0},
+        )
+        if report.error is not None:  # its schedule runs it again within TASKRUNNER_TEMPLATE_SCHEDULE_INTERVAL
+            print(f"[state] the reconciler could not run after the restart: {report.error}", flush=True)
         result = report.result if isinstance(report.result, dict) else {}
         if interrupted:
             self.state_lines.append(
                 f"{len(interrupted)} workflow(s) were cut short by the stop: {len(interrupted) - len(not_launched)} "
-                f"had launched their task (the agent re-adopted or settled it), {len(not_launched)} had not (settled)"
+                f"had launched their task (the agent re-adopted or settled it), {len(not_launched)} had not"
             )
-        if result.get("settled") or result.get("stopping"):
-            self.state_lines.append(f"the reconciler settled {result.get('settled', 0)} task(s) left unfinished")
+        if result.get("settled"):
+            self.state_lines.append(f"the reconciler settled {result['settled']} task(s) left unfinished")
 
     def _remember(self, deployment: Deployment, digest: str) -> None:
         assert self.store is not None
@@ -349,15 +339,25 @@ class LocalStack:
             region=config.region,
             on_log=_agent_log,
             launcher=launcher,
+            store=self.store,
+            on_task_changed=self.durability.ecs.task_changed,
         )
         moto_patches.HOOKS.on_run_task = self.agent.on_run_task
         moto_patches.HOOKS.on_stop_task = self.agent.on_stop_task
-        settled = self.agent.settle_orphans(self.ecs_backend())
-        if settled:
-            print(f"[agent] settled {settled} orphaned task(s)", flush=True)
+        recovery = self.agent.recover(self.ecs_backend())
+        done = [
+            (len(recovery.adopted), "re-adopted (still running or exited meanwhile)"),
+            (len(recovery.restarted), "started (they had not started)"),
+            (len(recovery.settled), "settled as stopped with the stack"),
+        ]
+        if any(count for count, _ in done):
+            self.state_lines.append(
+                "tasks left by the previous run: " + ", ".join(f"{count} {what}" for count, what in done if count)
+            )
 
     def restart_agent(self) -> None:
-        """Replace the Fargate agent as if it had crashed and restarted: the new one settles the orphans."""
+        """Replace the Fargate agent as if it had crashed and restarted: the new one re-adopts what still runs and
+        settles the rest."""
         assert self.agent is not None
         self.agent.detach()
         self._start_agent()
@@ -370,7 +370,8 @@ class LocalStack:
             self.gateway.stop()
             self.gateway = None
         if self.agent is not None:
-            self.agent.shutdown()
+            # a durable stack's tasks keep running in their containers, for the next start to re-adopt
+            self._kept_running = self.agent.shutdown(keep_running=self.folder is not None and not self.folder.ephemeral)
         if self.runtime is not None:
             self.runtime.close()
             self.runtime = None

@@ -476,33 +476,39 @@ def containers_labelled(engine: Engine, *labels: str) -> list[str]:
     return listed.stdout.split()
 
 
-def test_a_restarted_agent_removes_what_the_previous_one_left_and_settles_its_tasks_once(tmp_path: Path) -> None:
+def test_a_restarted_agent_re_adopts_a_running_task_and_a_new_stack_removes_what_it_does_not_know(
+    tmp_path: Path,
+) -> None:
     engine = engine_or_skip(BUSYBOX_IMAGE)
     stack_name = f"taskrunner-e2e-sweep-{uuid.uuid4().hex[:8]}"
     label = stack_label(stack_name)
     stacks: list[StackProcess] = []
     try:
-        # Given a running task
+        # Given a running task (that printed: its container has started)
         first = StackProcess.start(stack_name, tmp_path / "first")
         stacks.append(first)
         api = first.api
         task_id = api.submit(busybox("echo started; sleep 600"))["task_id"]
         task_arn = api.wait(task_id, {"RUNNING"})["ecs_task_arn"]
+        assert wait_until(lambda: api.logs(task_id) == ["started"], timeout=30)
         [container] = containers_labelled(engine, label, f"{TASK_ARN_LABEL}={task_arn}")
         # When its agent is replaced without its shutdown, as when it crashed
         first.tell("restart-agent")
         first.wait_for("restarted")
+        # Then the new agent re-adopted the container, which runs on: its task is still RUNNING
+        assert any(f"re-adopted {task_arn} (running)" in line for line in first.output), first.output
+        assert containers_labelled(engine, label, f"{TASK_ARN_LABEL}={task_arn}") == [container]
+        assert api.get(task_id)["status"] == "RUNNING"
+        # and it supervises it to its end: a cancel stops it, metered once, its container removed
+        assert api.cancel(task_id).status_code == 202
         task = api.wait(task_id, timeout=60)
-        # Then the new agent removed the container, logged it once, and settled the task once, as orphaned
-        assert containers_labelled(engine, label) == []
-        removed = [line for line in first.output if f"removed container {container[:12]}" in line]
-        assert len(removed) == 1 and "settled as orphaned" in removed[0], first.output
-        assert (task["status"], task["stop_code"]) == ("FAILED", "EssentialContainerExited")
-        assert task["status_reason"] == "Task orphaned: the local agent restarted"
+        assert (task["status"], task["stop_code"]) == ("CANCELLED", "UserInitiated")
         assert task["metering"]["billed_seconds"] == 60
         time.sleep(2)  # a second settlement would have come by now
         assert len(first.metering_records(task_id)) == 1
         assert api.get(task_id)["metering"] == task["metering"]
+        assert api.logs(task_id) == ["started"]
+        assert wait_until(lambda: containers_labelled(engine, label) == [], timeout=30)
 
         # Given another running task, When the whole stack is killed (kill -9)
         task_arn = api.wait(api.submit(busybox("sleep 600"))["task_id"], {"RUNNING"})["ecs_task_arn"]

@@ -178,7 +178,7 @@ def test_ctrl_c_then_restart_keeps_tasks_records_schedules_keys_logs_and_the_arc
     state, api_port, aws_port = tmp_path / "state", free_port(), free_port()
     first = UpProcess.start(state, stack_name, api_port, aws_port)
     stacks.append(first)
-    assert str(state) in first.wait_for("State")
+    assert str(state) in first.wait_for("  State  ")
     api = first.api
     # Given a finished task, a keyed one, a schedule that ran, and a task still running
     finished = terminal(api, api.submit(busybox("echo first line; echo second line"))["task_id"])
@@ -196,7 +196,7 @@ def test_ctrl_c_then_restart_keeps_tasks_records_schedules_keys_logs_and_the_arc
     assert run.status_code == 202, run.text
     scheduled = terminal(api, run.json()["task_id"])
     running = api.wait(api.submit(busybox("echo started; sleep 8; echo finished"))["task_id"], {"RUNNING"})
-    wait_until(lambda: "started" in api.logs(running["task_id"]), timeout=30)
+    assert wait_until(lambda: "started" in api.logs(running["task_id"]), timeout=30)
     before = {
         "tasks": {t["task_id"]: t for t in (finished, keyed, scheduled)},
         "usage": requests.get(f"{api.base_url}/usage", timeout=30).json(),
@@ -263,7 +263,7 @@ def test_kill_9_mid_burst_then_restart_ends_every_accepted_task_metered_once(
     # Given a burst of submissions, When the stack is killed with SIGKILL in the middle of it
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
         futures = [pool.submit(submit, n) for n in range(40)]
-        wait_until(lambda: len(accepted) >= 12, timeout=120)
+        assert wait_until(lambda: len(accepted) >= 12, timeout=120)
         first.kill_9()
         concurrent.futures.wait(futures)
     assert accepted
@@ -275,8 +275,8 @@ def test_kill_9_mid_burst_then_restart_ends_every_accepted_task_metered_once(
     ended = {task_id: terminal(api, task_id) for task_id in accepted}
     assert all(task["status"] in TERMINAL for task in ended.values())
     # each metered exactly once, counted through the AWS endpoint
-    wait_until(lambda: all(second.metering_records()[task_id] == 1 for task_id in accepted), timeout=120)
+    assert wait_until(lambda: all(second.metering_records()[task_id] == 1 for task_id in accepted), timeout=120)
     assert max(second.metering_records().values()) == 1
     # and nothing of the dead stack runs: no container of this stack is left
-    wait_until(lambda: containers_of(engine, stack_name) == [], timeout=60)
+    assert wait_until(lambda: containers_of(engine, stack_name) == [], timeout=60)
     second.ctrl_c()

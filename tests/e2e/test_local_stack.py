@@ -201,13 +201,25 @@ def test_every_finished_tasks_metering_is_the_fargate_formula_on_its_own_timesta
             assert datetime.fromisoformat(metering["window_start"].replace("Z", "+00:00")) == pulled
 
 
-def test_an_agent_restart_settles_the_tasks_it_left_behind(stack: LocalStack, api: TaskRunnerClient) -> None:
+def test_an_agent_restart_re_adopts_a_container_or_settles_a_process(stack: LocalStack, api: TaskRunnerClient) -> None:
     marker = f"orphan-{uuid.uuid4().hex}"
-    task_id = api.submit(shell(f"sleep 300 # {marker}"))["task_id"]
+    task_id = api.submit(shell(f"echo started; sleep 300 # {marker}"))["task_id"]
     api.wait(task_id, {"RUNNING"})
+    assert wait_until(lambda: api.logs(task_id) == ["started"], timeout=30)
     stack.restart_agent()
-    task = api.wait(task_id, timeout=60)
-    assert task["status"] == "FAILED" and "orphaned" in task["status_reason"]
+    assert stack.choice is not None
+    if stack.choice.mode == "container":
+        # a container outlives its agent: the new agent re-adopts it and supervises it to its end
+        assert api.get(task_id)["status"] == "RUNNING"
+        assert api.cancel(task_id).status_code == 202
+        task = api.wait(task_id, timeout=60)
+        assert (task["status"], task["stop_code"]) == ("CANCELLED", "UserInitiated")
+    else:
+        # a host process cannot be adopted (its exit status is its parent's): killed, settled as stopped with the
+        # stack, from its own timestamps
+        task = api.wait(task_id, timeout=60)
+        assert (task["status"], task["stop_code"]) == ("FAILED", "TerminationNotice"), task
+        assert "local stack stopped" in task["status_reason"]
     assert task["metering"] is not None
     assert processes_with(marker) == []
 

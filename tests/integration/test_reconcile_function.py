@@ -7,6 +7,7 @@ import time
 
 import boto3
 import pytest
+from pydantic import ValidationError
 
 from tests.integration.conftest import invoke, load_event, metering_items
 from tests.support.apigw import http_event
@@ -146,3 +147,20 @@ def test_the_status_listing_pages_oldest_first_from_a_creation_bound_and_skips_m
     assert listing(TaskStatus.FAILED)[0] == ids[:2]
     assert listing(TaskStatus.FAILED, created_since=ids[1])[0] == [ids[1]]
     assert listing(TaskStatus.FAILED, unmetered_only=True)[0] == []
+
+
+def test_an_invocation_may_shorten_the_grace_periods(stack, sfn, ecs):
+    # Given a task with a 1 s timeout whose ECS task runs on after its execution stopped (past its timeout, but
+    # within the settings' grace period of 300 s)
+    task = submit(timeout_seconds=1)
+    run_ecs_task(stack, started_by=task["task_id"])
+    sfn.stop_execution(executionArn=task["execution_arn"])
+    time.sleep(1.1)
+    assert run_reconciler()["waiting"] == 1
+    # When an invocation shortens the grace period (as the local stack does after a restart)
+    with pytest.raises(ValidationError, match="grace_seconds"):
+        invoke(reconcile, {"grace_seconds": -1})
+    summary = invoke(reconcile, {"grace_seconds": 0, "launch_grace_seconds": 0})
+    # Then the task is stopped as the timeout path stops it
+    assert summary["stopping"] == 1
+    assert get_task(task["task_id"])["status"] == "TIMED_OUT"

@@ -49,7 +49,7 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
 
 
 #: the line `taskrunner local up` ends its banner with, once the stack serves
-UP_BANNER_END = "Ctrl-C stops everything"
+UP_BANNER_END = "Ctrl-C stops the stack"
 
 
 def read_banner(process: subprocess.Popen[str], timeout: float) -> list[str]:

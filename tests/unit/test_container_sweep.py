@@ -1,6 +1,7 @@
 """What a restarted agent does with what a previous one left behind (containers that outlived a crashed stack or
-a replaced agent): each is removed with one log line, and the task it names is settled once when the emulator
-still shows it running; and how container mode picks the platform of an ARM64 or X86_64 task."""
+a replaced agent): each container no task left to recover uses is removed with one log line, a task with
+nothing left to adopt is settled once; and how container mode picks the platform of an ARM64 or X86_64 task.
+(Adoption itself: `test_agent_recovery.py`.)"""
 
 from __future__ import annotations
 
@@ -10,7 +11,17 @@ from typing import Any
 
 import pytest
 
-from taskrunner_local.agent import FargateAgent, Launch, StartError, Stray
+from taskrunner_local.agent import (
+    STACK_STOPPED_CODE,
+    STACK_STOPPED_CONTAINER_REASON,
+    STACK_STOPPED_REASON,
+    Adopted,
+    FargateAgent,
+    Launch,
+    StartError,
+    Stray,
+    _RunningTask,
+)
 from taskrunner_local.containers import host_architecture, platform_option
 
 CLUSTER = "arn:aws:ecs:us-east-1:123456789012:cluster/tasks"
@@ -40,6 +51,7 @@ class FakeLauncher:
     """Lists `strays` and records what the agent removes and kills."""
 
     mode = "container"
+    adopts = True
 
     def __init__(self, strays: list[Stray]) -> None:
         self.listed = strays
@@ -58,9 +70,15 @@ class FakeLauncher:
     def start(self, task: Any, launch: Launch) -> Any:
         raise AssertionError("not started here")
 
+    def adopt(self, task: Any, launch: Launch) -> Adopted | None:
+        raise AssertionError("these tasks have no task definition to adopt them with")
+
     def kill_leftovers(self, task: Any) -> bool:
         self.killed.append(task.task_arn)
         return True
+
+    def sweep(self, stopped: list[Any], live: set[str]) -> list[str]:
+        return []
 
     def strays(self) -> list[Stray]:
         return self.listed
@@ -88,11 +106,12 @@ def container(name: str, task_name: str) -> Stray:
     return Stray(f"container {name}", name, arn(task_name) if task_name else "")
 
 
-def test_the_sweep_removes_every_stray_container_and_settles_the_tasks_still_running_once(tmp_path: Path) -> None:
-    # Given containers of this stack left by a previous agent: of a running task, of a stopped one, of a task this
-    # stack does not know (the stack itself restarted), and one that names no task
+def test_the_sweep_removes_the_containers_no_task_left_to_recover_uses_and_settles_a_lost_task_once(
+    tmp_path: Path,
+) -> None:
+    # Given containers of this stack left by a previous agent: of a running task (whose task definition is gone, so
+    # that it cannot be adopted), of a stopped one, of a task this stack does not know, and one that names no task
     running, stopped = ecs_task("running", "RUNNING"), ecs_task("stopped", "STOPPED")
-    pending = ecs_task("pending", "PENDING", started=False)  # whose container was never created
     launcher = FakeLauncher(
         [container("c1", "running"), container("c2", "stopped"), container("c3", "unknown"), container("c4", "")]
     )
@@ -104,36 +123,38 @@ def test_the_sweep_removes_every_stray_container_and_settles_the_tasks_still_run
         launcher=launcher,
         on_log=lines.append,
     )
-    backend = SimpleNamespace(
-        tasks={CLUSTER: {arn("running"): running, arn("stopped"): stopped, arn("pending"): pending}}
-    )
+    backend = SimpleNamespace(tasks={CLUSTER: {arn("running"): running, arn("stopped"): stopped}})
     # When
     settled = agent.settle_orphans(backend)
-    # Then every container is removed, with one line each
-    assert launcher.removed == ["c1", "c2", "c3", "c4"]
-    assert [line.split(",")[0] for line in lines] == [f"removed container c{i}" for i in range(1, 5)]
-    assert "settled as orphaned" in lines[0] and "already stopped" in lines[1]
-    assert "not known to this stack" in lines[2] and "unnamed" in lines[3]
-    # And the running task is settled once, as the restart path settles it; the pending one too (it never started)
-    assert settled == 2
-    assert (running._status, running.stop_code) == ("STOPPED", "EssentialContainerExited")
-    assert running.stopped_reason == "Task orphaned: the local Fargate agent restarted"
-    assert running.containers[0].reason == "Task orphaned: the local agent restarted"
-    assert (pending._status, pending.stop_code) == ("STOPPED", "TaskFailedToStart")
+    # Then every container but the running task's is removed, with one line each
+    assert launcher.removed == ["c2", "c3", "c4"]
+    removals = [line for line in lines if line.startswith("removed container")]
+    assert [line.split(",")[0] for line in removals] == [f"removed container c{i}" for i in range(2, 5)]
+    assert "already stopped" in removals[0] and "not known to this stack" in removals[1]
+    assert "unnamed" in removals[2]
+    # And the running task, with nothing to adopt it by, has what is left of it killed and is settled once
+    assert settled == 1
+    assert launcher.killed == [arn("running")]
+    assert (running._status, running.stop_code, running.stopped_reason) == (
+        "STOPPED",
+        STACK_STOPPED_CODE,
+        STACK_STOPPED_REASON,
+    )
+    assert running.containers[0].reason == STACK_STOPPED_CONTAINER_REASON
     assert (stopped._status, stopped.stop_code) == ("STOPPED", None)  # untouched
-    assert [event["taskArn"] for event in aws.events] == [arn("running"), arn("pending")]
-    assert launcher.killed == [arn("pending")]  # the running one's container was removed by the sweep
+    assert [event["taskArn"] for event in aws.events] == [arn("running")]
     # And a second sweep finds nothing more to settle
     launcher.listed = []
     assert agent.settle_orphans(backend) == 0
-    assert len(aws.events) == 2
+    assert len(aws.events) == 1
 
 
 def test_the_sweep_leaves_the_containers_of_tasks_this_agent_runs(tmp_path: Path) -> None:
     # Given a container of a task this agent has just started
     launcher = FakeLauncher([container("mine", "mine")])
     agent = FargateAgent(FakeAws(), work_dir=tmp_path, launcher=launcher)  # type: ignore[arg-type]
-    agent._running[arn("mine")] = SimpleNamespace()  # type: ignore[assignment]
+    mine = ecs_task("mine", "RUNNING")
+    agent._running[arn("mine")] = _RunningTask(task=mine, backend=None)
     # When
     agent.settle_orphans(SimpleNamespace(tasks={}))
     # Then

@@ -51,7 +51,7 @@ def test_given_an_event_handled_then_the_journal_forgets_it(tmp_path: Path) -> N
     runtime = runtime_on(tmp_path, store)
     try:
         runtime.invoke_async("recorder", {"n": 1})
-        wait_until(lambda: len(seen(tmp_path)) == 1 and not DurableAsyncQueue(store).pending(), timeout=30)
+        assert wait_until(lambda: len(seen(tmp_path)) == 1 and not DurableAsyncQueue(store).pending(), timeout=30)
     finally:
         runtime.close()
         store.close()
@@ -68,7 +68,7 @@ def test_given_events_queued_when_the_stack_stopped_then_the_next_start_delivers
     try:
         assert runtime.redeliver() == 1
         # Then the event is delivered, with its own request id, and forgotten once done
-        wait_until(lambda: not DurableAsyncQueue(store).pending(), timeout=30)
+        assert wait_until(lambda: not DurableAsyncQueue(store).pending(), timeout=30)
         assert [(s["event"], s["request_id"]) for s in seen(tmp_path)] == [({"n": 1}, "req-1")]
     finally:
         runtime.close()
@@ -81,7 +81,7 @@ def test_given_an_event_older_than_its_maximum_age_then_it_is_not_run_again(tmp_
     runtime = runtime_on(tmp_path, store, max_age=60)
     try:
         runtime.redeliver()
-        wait_until(lambda: not DurableAsyncQueue(store).pending(), timeout=30)
+        assert wait_until(lambda: not DurableAsyncQueue(store).pending(), timeout=30)
         assert seen(tmp_path) == []  # dropped as EventAgeExceeded (no destination here)
     finally:
         runtime.close()

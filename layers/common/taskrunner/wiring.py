@@ -8,6 +8,7 @@ same error if it is ever used.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from functools import cache
 from typing import Any
@@ -150,13 +151,16 @@ def schedule_service() -> ScheduleService:
 
 
 @cache
-def reconciler() -> Reconciler:
+def reconciler(*, grace_seconds: int | None = None, launch_grace_seconds: int | None = None) -> Reconciler:
     """The reconciler: the task service plus executions read (and stopped) by their ARN, which the tasks record,
-    so it needs no STATE_MACHINE_ARN."""
+    so it needs no STATE_MACHINE_ARN. The grace periods, when given, replace the settings' own."""
     settings = require(TASKS)
-    return Reconciler(
-        task_service(), StepFunctionsExecutions(client("stepfunctions")), ReconcilePolicy.from_settings(settings)
-    )
+    policy = ReconcilePolicy.from_settings(settings)
+    if grace_seconds is not None:
+        policy = dataclasses.replace(policy, grace_seconds=grace_seconds)
+    if launch_grace_seconds is not None:
+        policy = dataclasses.replace(policy, launch_grace_seconds=launch_grace_seconds)
+    return Reconciler(task_service(), StepFunctionsExecutions(client("stepfunctions")), policy)
 
 
 def reset() -> None:
