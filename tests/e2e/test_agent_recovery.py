@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from moto.ecs.models import Task, ecs_backends
-from moto.logs.models import logs_backends
 
 from taskrunner_local.agent import (
     HEARTBEAT_SECONDS,
@@ -33,19 +31,14 @@ from taskrunner_local.agent import (
     FargateAgent,
     Launcher,
 )
-from taskrunner_local.aws_inside import AwsInside
 from taskrunner_local.containers import TASK_ARN_LABEL, ContainerLauncher, engine_time, stack_label
 from taskrunner_local.engine import Engine
 from taskrunner_local.images import BUSYBOX_IMAGE, PYTHON_IMAGE
-from taskrunner_local.moto_patches import TASK_LIFECYCLE_ATTRIBUTES
 from taskrunner_local.persistence.store import StateStore
+from tests.support.ecs import REGION, EcsAccount, new_account
 from tests.support.engine import engine_or_skip
 from tests.support.local_tasks import processes_with, wait_until
 
-REGION = "us-east-1"
-LOG_GROUP = "/taskrunner/recovery"
-STREAM_PREFIX = "task"
-CONTAINER_NAME = "main"
 STOP_TIMEOUT_SECONDS = 2.0
 #: how long a task of these tests may take to reach a state (a container starts in about 0.2 s here)
 SETTLE_SECONDS = 30.0
@@ -67,30 +60,11 @@ class Agents:
     running: dict[int, tuple[FargateAgent, StateStore]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        backend = self.backend
-        self.cluster = backend.create_cluster("tasks")
-        self.definition = backend.register_task_definition(
-            "recovery",
-            [
-                {
-                    "name": CONTAINER_NAME,
-                    "image": self.image,
-                    "essential": True,
-                    "memory": 512,
-                    "logConfiguration": {
-                        "logDriver": "awslogs",
-                        "options": {"awslogs-group": LOG_GROUP, "awslogs-stream-prefix": STREAM_PREFIX},
-                    },
-                }
-            ],
-            network_mode="bridge",  # no subnet to give awsvpc: the agent does not look at it
-            cpu="256",
-            memory="512",
-        )
+        self.ecs = EcsAccount("recovery", image=self.image, account=self.account)
 
     @property
     def backend(self) -> Any:
-        return ecs_backends[self.account][REGION]
+        return self.ecs.backend
 
     def start_agent(self) -> FargateAgent:
         """An agent as the stack starts it: on the state folder (opened again), after the previous agent."""
@@ -105,7 +79,7 @@ class Agents:
                 on_log=self.lines.append,
             )
         agent = FargateAgent(
-            AwsInside(self.account, REGION),
+            self.ecs.aws,
             work_dir=self.folder / "tasks",
             stop_timeout_seconds=STOP_TIMEOUT_SECONDS,
             region=REGION,
@@ -127,27 +101,7 @@ class Agents:
 
     def accept(self, script: str) -> Any:
         """A task RunTask accepted (PROVISIONING, as the lifecycle patch leaves it), not yet given to an agent."""
-        task: Any = Task(
-            self.cluster,
-            self.definition,
-            None,
-            None,
-            self.backend,
-            group="family:recovery",
-            launch_type="FARGATE",
-            overrides={"containerOverrides": [{"name": CONTAINER_NAME, "command": ["sh", "-c", script]}]},
-        )
-        task._status = "PROVISIONING"
-        task.created_at = datetime.now(UTC)
-        for attribute in TASK_LIFECYCLE_ATTRIBUTES:
-            if not hasattr(task, attribute):
-                setattr(task, attribute, None)
-        for container in task.containers:
-            container.exitCode = None
-            container.reason = None
-            container.last_status = "PENDING"
-        self.backend.tasks.setdefault(self.cluster.name, {})[task.task_arn] = task
-        return task
+        return self.ecs.task(script)
 
     def run(self, agent: FargateAgent, script: str) -> Any:
         """A task `agent` runs, once it is RUNNING."""
@@ -158,10 +112,7 @@ class Agents:
 
     def stream(self, task: Any) -> list[str]:
         """The messages of the task's log stream, in order."""
-        logs = logs_backends[self.account][REGION]
-        group = logs.groups.get(LOG_GROUP)
-        stream = group.streams.get(f"{STREAM_PREFIX}/{CONTAINER_NAME}/{task.id}") if group is not None else None
-        return [event.message for event in stream.events] if stream is not None else []
+        return self.ecs.stream(task)
 
     def containers(self, task: Any | None = None) -> list[str]:
         """The containers of this stack (of one task) that are still there."""
@@ -180,7 +131,7 @@ class Agents:
 
 
 def agents_for(tmp_path: Path, engine: Engine | None, image: str) -> Iterator[Agents]:
-    account = f"{uuid.uuid4().int % 10**12:012d}"
+    account = new_account()
     stack_name = f"taskrunner-e2e-recovery-{uuid.uuid4().hex[:8]}"
     agents = Agents(account, stack_name, tmp_path, engine, image)
     try:

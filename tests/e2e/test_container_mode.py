@@ -14,11 +14,10 @@ import platform
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from taskrunner_local.config import ROOT, LocalConfig
 from taskrunner_local.containers import TASK_ARN_LABEL, emulates, stack_label
 from taskrunner_local.engine import Engine
 from taskrunner_local.images import BUSYBOX_IMAGE, PYTHON_IMAGE
+from tests.support.child_process import ChildProcess
 from tests.support.engine import engine_or_skip
 from tests.support.local_tasks import UP_BANNER_END, processes_with, read_banner, wait_until
 
@@ -383,54 +383,25 @@ def test_container_mode_without_an_engine_refuses_to_start() -> None:
 # A restarted agent and a restarted stack: what the previous one left behind
 
 
-@dataclass
-class StackProcess:
+class StackProcess(ChildProcess):
     """A stack in container mode in its own process (`python -m tests.e2e.test_container_mode`), which replaces
     its agent when told (`restart-agent` on its stdin), as a crashed agent is replaced."""
 
-    process: subprocess.Popen[str]
-    api_port: int
-    aws_port: int
-    tasks_table: str = ""
-    output: list[str] = field(default_factory=list)
-    _changed: threading.Condition = field(default_factory=threading.Condition)
+    def __init__(self, stack_name: str) -> None:
+        self.api_port, self.aws_port = free_port(), free_port()
+        ports = [str(self.api_port), str(self.aws_port)]
+        # its process group is what a crash kills
+        super().__init__(
+            "tests.e2e.test_container_mode", *ports, stack_name, env={}, stdin=subprocess.PIPE, new_session=True
+        )
+        self.tasks_table = ""
 
     @classmethod
-    def start(cls, stack_name: str, work_dir: Path) -> StackProcess:
-        api_port, aws_port = free_port(), free_port()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.e2e.test_container_mode", str(api_port), str(aws_port), stack_name],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "TASKRUNNER_WORK_DIR_FOR_TEST": str(work_dir)},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,  # its process group is what a crash kills
-        )
-        stack = cls(process, api_port, aws_port)
-        threading.Thread(target=stack._read, daemon=True).start()
-        ready = stack.wait_for("ready ", timeout=START_TIMEOUT_SECONDS)
+    def start(cls, stack_name: str) -> StackProcess:
+        stack = cls(stack_name)
+        ready = stack.wait_for("ready ", timeout=START_TIMEOUT_SECONDS, at_start=True)
         stack.tasks_table = ready.split()[1]
         return stack
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self._changed:
-                self.output.append(line.rstrip("\n"))
-                self._changed.notify_all()
-
-    def wait_for(self, prefix: str, timeout: float = 60.0) -> str:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                found = [line for line in self.output if line.startswith(prefix)]
-                if found:
-                    return found[-1]
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"no line {prefix!r} from the stack:\n" + "\n".join(self.output))
-                self._changed.wait(0.5)
 
     @property
     def api(self) -> TaskRunnerClient:
@@ -476,16 +447,14 @@ def containers_labelled(engine: Engine, *labels: str) -> list[str]:
     return listed.stdout.split()
 
 
-def test_a_restarted_agent_re_adopts_a_running_task_and_a_new_stack_removes_what_it_does_not_know(
-    tmp_path: Path,
-) -> None:
+def test_a_restarted_agent_re_adopts_a_running_task_and_a_new_stack_removes_what_it_does_not_know() -> None:
     engine = engine_or_skip(BUSYBOX_IMAGE)
     stack_name = f"taskrunner-e2e-sweep-{uuid.uuid4().hex[:8]}"
     label = stack_label(stack_name)
     stacks: list[StackProcess] = []
     try:
         # Given a running task (that printed: its container has started)
-        first = StackProcess.start(stack_name, tmp_path / "first")
+        first = StackProcess.start(stack_name)
         stacks.append(first)
         api = first.api
         task_id = api.submit(busybox("echo started; sleep 600"))["task_id"]
@@ -494,7 +463,7 @@ def test_a_restarted_agent_re_adopts_a_running_task_and_a_new_stack_removes_what
         [container] = containers_labelled(engine, label, f"{TASK_ARN_LABEL}={task_arn}")
         # When its agent is replaced without its shutdown, as when it crashed
         first.tell("restart-agent")
-        first.wait_for("restarted")
+        first.wait_for("restarted", at_start=True)
         # Then the new agent re-adopted the container, which runs on: its task is still RUNNING
         assert any(f"re-adopted {task_arn} (running)" in line for line in first.output), first.output
         assert containers_labelled(engine, label, f"{TASK_ARN_LABEL}={task_arn}") == [container]
@@ -516,7 +485,7 @@ def test_a_restarted_agent_re_adopts_a_running_task_and_a_new_stack_removes_what
         # Then its container outlives it (conmon keeps it running)
         [container] = containers_labelled(engine, label, f"{TASK_ARN_LABEL}={task_arn}")
         # When a stack of the same name starts
-        second = StackProcess.start(stack_name, tmp_path / "second")
+        second = StackProcess.start(stack_name)
         stacks.append(second)
         # Then it removed the container before it served, one line for it (its emulator never knew the task)
         assert containers_labelled(engine, label) == []

@@ -11,10 +11,7 @@ so a second one cannot run beside it. Skipped on a developer machine without pod
 
 from __future__ import annotations
 
-import os
-import queue
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -27,10 +24,11 @@ import pytest
 
 from taskrunner_local.cli import free_port
 from taskrunner_local.client import TaskRunnerClient
-from taskrunner_local.config import ROOT, LocalConfig
+from taskrunner_local.config import LocalConfig
 from taskrunner_local.containers import TASK_ARN_LABEL, stack_label
 from taskrunner_local.images import BUSYBOX_IMAGE, PYTHON_IMAGE
 from taskrunner_local.stack import LocalStack
+from tests.support.child_process import ChildProcess
 from tests.support.engine import DockerService, docker_service, podman_and_docker_or_skip, require
 from tests.support.local_tasks import wait_until
 
@@ -43,7 +41,7 @@ HOST_ONLY_VARIABLE = "TASKRUNNER_TEST_HOST_ONLY"
 OOM_REASON_PREFIX = "OutOfMemoryError"
 
 
-def serve(api_port: str, aws_port: str, stack_name: str, work_dir: str) -> int:
+def serve(api_port: str, aws_port: str, stack_name: str) -> int:
     """The child process: the local stack in container mode until SIGTERM or SIGINT."""
     config = LocalConfig(
         agent_mode="container",
@@ -95,58 +93,26 @@ def service() -> Iterator[DockerService]:
         yield running
 
 
-def _lines(stream: Iterator[str], into: queue.Queue[str | None]) -> None:
-    for line in stream:
-        into.put(line)
-    into.put(None)
-
-
 @pytest.fixture(scope="module")
-def docker_stack(service: DockerService, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerStack]:
+def docker_stack(service: DockerService) -> Iterator[DockerStack]:
     stack_name = f"taskrunner-e2e-docker-{uuid.uuid4().hex[:8]}"
     api_port, aws_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        **service.environ(),
-        "TASKRUNNER_QUIET": "1",
-        "PYTHONUNBUFFERED": "1",
-        HOST_ONLY_VARIABLE: "leaked",
-    }
-    work_dir = tmp_path_factory.mktemp("docker-stack")
-    command = [sys.executable, "-m", "tests.e2e.test_docker_engine", str(api_port), str(aws_port), stack_name]
-    process = subprocess.Popen(
-        [*command, str(work_dir)],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert process.stdout is not None
-    lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=_lines, args=(process.stdout, lines), daemon=True).start()
-    output: list[str] = []
+    env = {**service.environ(), "TASKRUNNER_QUIET": "1", HOST_ONLY_VARIABLE: "leaked"}
+    stack = ChildProcess("tests.e2e.test_docker_engine", str(api_port), str(aws_port), stack_name, env=env)
     label = stack_label(stack_name)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not any(line.startswith(READY) for line in output):
-            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            assert line is not None, f"the stack exited before it served: {''.join(output)}"
-            output.append(line)
-        described = next(line for line in output if line.startswith(READY)).removeprefix(READY).strip()
+        described = stack.wait_for(READY, START_TIMEOUT_SECONDS, at_start=True).removeprefix(READY).strip()
         yield DockerStack(
             TaskRunnerClient(f"http://127.0.0.1:{api_port}"), api_port, aws_port, service, label, described
         )
     finally:
-        process.send_signal(signal.SIGTERM)
+        stack.process.send_signal(signal.SIGTERM)
         try:
-            process.wait(timeout=120)
+            stack.process.wait(timeout=120)
         finally:
-            while (line := lines.get(timeout=5)) is not None:
-                output.append(line)
+            output_ended = stack.read_to_end(timeout=5)
     # Then the stack stopped cleanly and no container of it is left, whatever its tasks did
-    assert process.returncode == 0, "".join(output)
+    assert stack.process.returncode == 0 and output_ended, "\n".join(stack.output)
     for engine in (service.docker, service.podman):
         listed = engine.run("ps", "-a", "-q", "--filter", f"label={label}")
         assert (listed.returncode, listed.stdout.split()) == (0, []), f"{engine.name}: {listed.stderr}"
@@ -299,4 +265,4 @@ print("mine", os.environ.get("MINE"))
 
 
 if __name__ == "__main__":
-    sys.exit(serve(*sys.argv[1:5]))
+    sys.exit(serve(*sys.argv[1:4]))

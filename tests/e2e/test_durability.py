@@ -11,8 +11,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -27,8 +25,8 @@ import requests
 
 from taskrunner_local.cli import free_port
 from taskrunner_local.client import TaskRunnerClient
-from taskrunner_local.config import ROOT
 from taskrunner_local.images import BUSYBOX_IMAGE
+from tests.support.child_process import ChildProcess
 from tests.support.engine import engine_or_skip
 from tests.support.local_tasks import wait_until
 
@@ -43,21 +41,11 @@ def busybox(script: str, **extra: Any) -> dict[str, Any]:
     return {"image": BUSYBOX_IMAGE, "command": ["sh", "-c", script], **extra}
 
 
-@dataclass
-class UpProcess:
+class UpProcess(ChildProcess):
     """`python -m taskrunner_local local up` on a state folder, as `make run` starts it."""
 
-    process: subprocess.Popen[str]
-    api_port: int
-    aws_port: int
-    output: list[str] = field(default_factory=list)
-    _changed: threading.Condition = field(default_factory=threading.Condition)
-
-    @classmethod
-    def start(cls, state_dir: Path, stack_name: str, api_port: int, aws_port: int) -> UpProcess:
+    def __init__(self, state_dir: Path, stack_name: str, api_port: int, aws_port: int) -> None:
         env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
             "TASKRUNNER_STATE_DIR": str(state_dir),
             "TASKRUNNER_EPHEMERAL": "0",
             "TASKRUNNER_STACK_NAME": stack_name,
@@ -68,38 +56,10 @@ class UpProcess:
             "TASKRUNNER_STOP_TIMEOUT": "5",
             "TASKRUNNER_TEMPLATE_SCHEDULE_INTERVAL": "5",
         }
-        process = subprocess.Popen(
-            [sys.executable, "-m", "taskrunner_local", "local", "up"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,  # its process group is what a crash kills (Lambda workers too)
-        )
-        up = cls(process, api_port, aws_port)
-        threading.Thread(target=up._read, daemon=True).start()
-        up.wait_for("taskrunner is up", START_TIMEOUT_SECONDS)
-        return up
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self._changed:
-                self.output.append(line.rstrip("\n"))
-                self._changed.notify_all()
-
-    def wait_for(self, text: str, timeout: float = 60.0) -> str:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                found = [line for line in self.output if text in line]
-                if found:
-                    return found[-1]
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"no line with {text!r} from the stack:\n" + "\n".join(self.output[-80:]))
-                self._changed.wait(0.5)
+        # its process group is what a crash kills (Lambda workers too)
+        super().__init__("taskrunner_local", "local", "up", env=env, new_session=True)
+        self.api_port = api_port
+        self.aws_port = aws_port
 
     @property
     def api(self) -> TaskRunnerClient:
@@ -154,11 +114,29 @@ def stack_name() -> str:
     return f"durable-{os.getpid()}-{time.monotonic_ns() % 100000}"
 
 
+@dataclass
+class Stacks:
+    """The runs of one durable stack, one after the other, on the same state folder and the same ports."""
+
+    state: Path
+    name: str
+    api_port: int = field(default_factory=free_port)
+    aws_port: int = field(default_factory=free_port)
+    started: list[UpProcess] = field(default_factory=list)
+
+    def start(self) -> UpProcess:
+        """The next run, once it is up."""
+        up = UpProcess(self.state, self.name, self.api_port, self.aws_port)
+        self.started.append(up)
+        up.wait_for("taskrunner is up", START_TIMEOUT_SECONDS)
+        return up
+
+
 @pytest.fixture
-def stacks() -> Iterator[list[UpProcess]]:
-    started: list[UpProcess] = []
-    yield started
-    for up in started:
+def stacks(tmp_path: Path, stack_name: str) -> Iterator[Stacks]:
+    runs = Stacks(tmp_path / "state", stack_name)
+    yield runs
+    for up in runs.started:
         if up.process.poll() is None:
             up.kill_9()
 
@@ -173,12 +151,10 @@ def terminal(api: TaskRunnerClient, task_id: str) -> dict[str, Any]:
 
 
 def test_ctrl_c_then_restart_keeps_tasks_records_schedules_keys_logs_and_the_archive(
-    tmp_path: Path, engine: Any, stack_name: str, stacks: list[UpProcess]
+    engine: Any, stack_name: str, stacks: Stacks
 ) -> None:
-    state, api_port, aws_port = tmp_path / "state", free_port(), free_port()
-    first = UpProcess.start(state, stack_name, api_port, aws_port)
-    stacks.append(first)
-    assert str(state) in first.wait_for("  State  ")
+    first = stacks.start()
+    assert str(stacks.state) in first.wait_for("  State  ")
     api = first.api
     # Given a finished task, a keyed one, a schedule that ran, and a task still running
     finished = terminal(api, api.submit(busybox("echo first line; echo second line"))["task_id"])
@@ -210,8 +186,7 @@ def test_ctrl_c_then_restart_keeps_tasks_records_schedules_keys_logs_and_the_arc
     # When the user presses Ctrl-C, and starts the stack again at once, on the same folder and ports
     first.ctrl_c()
     assert "its state is kept in" in first.output[-1], first.output[-5:]
-    second = UpProcess.start(state, stack_name, api_port, aws_port)
-    stacks.append(second)
+    second = stacks.start()
 
     # Then the stack was restored, not deployed again, and everything is there as it was
     assert "restored (template unchanged)" in second.wait_for("stack ")
@@ -241,18 +216,16 @@ def test_ctrl_c_then_restart_keeps_tasks_records_schedules_keys_logs_and_the_arc
 
 
 def test_kill_9_mid_burst_then_restart_ends_every_accepted_task_metered_once(
-    tmp_path: Path, engine: Any, stack_name: str, stacks: list[UpProcess]
+    engine: Any, stack_name: str, stacks: Stacks
 ) -> None:
-    state, api_port, aws_port = tmp_path / "state", free_port(), free_port()
-    first = UpProcess.start(state, stack_name, api_port, aws_port)
-    stacks.append(first)
+    first = stacks.start()
     accepted: list[str] = []
     lock = threading.Lock()
 
     def submit(n: int) -> None:
         try:
             response = requests.post(
-                f"http://127.0.0.1:{api_port}/tasks", json=busybox(f"echo task {n}; sleep {n % 4}"), timeout=30
+                f"http://127.0.0.1:{stacks.api_port}/tasks", json=busybox(f"echo task {n}; sleep {n % 4}"), timeout=30
             )
         except requests.RequestException:
             return  # cut by the kill: never acknowledged
@@ -269,8 +242,7 @@ def test_kill_9_mid_burst_then_restart_ends_every_accepted_task_metered_once(
     assert accepted
 
     # Then a stack started at once on the same folder and ports settles or finishes every accepted task
-    second = UpProcess.start(state, stack_name, api_port, aws_port)
-    stacks.append(second)
+    second = stacks.start()
     api = second.api
     ended = {task_id: terminal(api, task_id) for task_id in accepted}
     assert all(task["status"] in TERMINAL for task in ended.values())

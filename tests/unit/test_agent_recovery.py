@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from moto.ecs.models import Task, ecs_backends
-from moto.logs.models import logs_backends
+from moto.ecs.models import ecs_backends
 
 from taskrunner_local.agent import (
     HEARTBEAT_META_KEY,
@@ -37,88 +36,15 @@ from taskrunner_local.agent import (
     Stray,
     _LogShipper,
 )
-from taskrunner_local.aws_inside import AwsInside
 from taskrunner_local.containers import engine_time
-from taskrunner_local.moto_patches import TASK_LIFECYCLE_ATTRIBUTES
 from taskrunner_local.persistence.store import StateStore
+from tests.support.ecs import REGION, EcsAccount
 from tests.support.local_tasks import processes_with, wait_until
 
-REGION = "us-east-1"
-LOG_GROUP = "/taskrunner/unit"
-CONTAINER = "main"
+#: how long before the tests the tasks of their agents were accepted
+TASK_AGE = timedelta(minutes=5)
 #: the after-images the stack's hook writes in these tests (the stack itself pickles the whole task)
 TASK_KIND = "test-ecs-task"
-
-
-# ------------------------------------------------------------------------------------------------ the ECS side
-
-
-@dataclass
-class Ecs:
-    """moto's ECS and CloudWatch Logs backends of an account of the test's own, with one cluster and one task
-    definition (awslogs into LOG_GROUP)."""
-
-    account: str = field(default_factory=lambda: f"{uuid.uuid4().int % 10**12:012d}")
-
-    def __post_init__(self) -> None:
-        self.cluster = self.backend.create_cluster("tasks")
-        self.definition = self.backend.register_task_definition(
-            "unit",
-            [
-                {
-                    "name": CONTAINER,
-                    "image": "busybox",
-                    "essential": True,
-                    "memory": 512,
-                    "logConfiguration": {
-                        "logDriver": "awslogs",
-                        "options": {"awslogs-group": LOG_GROUP, "awslogs-stream-prefix": "task"},
-                    },
-                }
-            ],
-            network_mode="bridge",
-            cpu="256",
-            memory="512",
-        )
-
-    @property
-    def backend(self) -> Any:
-        return ecs_backends[self.account][REGION]
-
-    @property
-    def aws(self) -> AwsInside:
-        return AwsInside(self.account, REGION)
-
-    def task(self, script: str = "true", *, status: str = "PROVISIONING", started: bool = False) -> Any:
-        """A task as RunTask and the lifecycle patch leave it, in the emulator; `started`: as an agent started it."""
-        task: Any = Task(
-            self.cluster,
-            self.definition,
-            None,
-            None,
-            self.backend,
-            group="family:unit",
-            launch_type="FARGATE",
-            overrides={"containerOverrides": [{"name": CONTAINER, "command": ["sh", "-c", script]}]},
-        )
-        task._status = status
-        task.created_at = datetime.now(UTC) - timedelta(minutes=5)
-        for attribute in TASK_LIFECYCLE_ATTRIBUTES:
-            if not hasattr(task, attribute):
-                setattr(task, attribute, None)
-        for container in task.containers:
-            container.exitCode = None
-            container.reason = None
-            container.last_status = status if status != "PROVISIONING" else "PENDING"
-        if started:
-            task.pull_started_at = task.pull_stopped_at = task.started_at = task.created_at + timedelta(seconds=1)
-        self.backend.tasks.setdefault(self.cluster.name, {})[task.task_arn] = task
-        return task
-
-    def stream(self, task: Any) -> list[str]:
-        group = logs_backends[self.account][REGION].groups.get(LOG_GROUP)
-        stream = group.streams.get(f"task/{CONTAINER}/{task.id}") if group is not None else None
-        return [event.message for event in stream.events] if stream is not None else []
 
 
 # ------------------------------------------------------------------------------------------------ a launcher
@@ -248,8 +174,8 @@ def _iso(moment: Any) -> str | None:
 
 
 @pytest.fixture
-def ecs() -> Ecs:
-    return Ecs()
+def ecs() -> EcsAccount:
+    return EcsAccount("unit", task_age=TASK_AGE)
 
 
 @pytest.fixture
@@ -259,7 +185,7 @@ def store(tmp_path: Path) -> Iterator[StateStore]:
     opened.close()
 
 
-def agent_with(ecs: Ecs, tmp_path: Path, launcher: Any, **options: Any) -> FargateAgent:
+def agent_with(ecs: EcsAccount, tmp_path: Path, launcher: Any, **options: Any) -> FargateAgent:
     lines: list[str] = options.pop("lines", [])
     return FargateAgent(
         ecs.aws, work_dir=tmp_path / "tasks", launcher=launcher, on_log=lines.append, stop_timeout_seconds=1, **options
@@ -358,7 +284,7 @@ def test_an_abandoned_shipper_ships_nothing_more_and_its_queue_stays_out_of_the_
 
 
 def test_a_running_container_is_adopted_and_settled_from_its_own_exit(
-    ecs: Ecs, tmp_path: Path, store: StateStore
+    ecs: EcsAccount, tmp_path: Path, store: StateStore
 ) -> None:
     # Given a task whose container still runs, writing a line to each stream and exiting 3
     task = ecs.task(status="RUNNING", started=True)
@@ -377,7 +303,7 @@ def test_a_running_container_is_adopted_and_settled_from_its_own_exit(
     assert wait_until(lambda: launcher.left[task.task_arn].closed, 5)  # type: ignore[union-attr]
 
 
-def test_a_container_that_exited_meanwhile_is_stopped_when_it_finished(ecs: Ecs, tmp_path: Path) -> None:
+def test_a_container_that_exited_meanwhile_is_stopped_when_it_finished(ecs: EcsAccount, tmp_path: Path) -> None:
     # Given a task whose container exited (0) ten seconds ago, while no agent ran
     finished = datetime.now(UTC) - timedelta(seconds=10)
     task = ecs.task(status="RUNNING", started=True)
@@ -391,7 +317,7 @@ def test_a_container_that_exited_meanwhile_is_stopped_when_it_finished(ecs: Ecs,
 
 
 def test_a_stop_asked_before_the_agent_stopped_is_carried_out_on_the_adopted_container(
-    ecs: Ecs, tmp_path: Path
+    ecs: EcsAccount, tmp_path: Path
 ) -> None:
     # Given a running task StopTask was asked to stop just before its agent stopped
     task = ecs.task(status="RUNNING", started=True)
@@ -407,7 +333,7 @@ def test_a_stop_asked_before_the_agent_stopped_is_carried_out_on_the_adopted_con
 
 
 def test_a_task_with_nothing_left_is_settled_at_the_last_heartbeat_of_the_agents_before(
-    ecs: Ecs, tmp_path: Path
+    ecs: EcsAccount, tmp_path: Path
 ) -> None:
     # Given a running task with nothing left of it, and the heartbeat of the agent that ran it, in its store
     task = ecs.task(status="RUNNING", started=True)
@@ -432,13 +358,15 @@ def test_a_task_with_nothing_left_is_settled_at_the_last_heartbeat_of_the_agents
     store.close()
 
 
-def test_without_a_heartbeat_a_lost_task_stops_at_its_own_last_recorded_moment(ecs: Ecs, tmp_path: Path) -> None:
+def test_without_a_heartbeat_a_lost_task_stops_at_its_own_last_recorded_moment(ecs: EcsAccount, tmp_path: Path) -> None:
     task = ecs.task(status="RUNNING", started=True)
     agent_with(ecs, tmp_path, StandInLauncher()).recover(ecs.backend)
     assert task.stopped_at == task.started_at
 
 
-def test_a_task_that_never_started_is_started_again_and_one_asked_to_stop_is_stopped(ecs: Ecs, tmp_path: Path) -> None:
+def test_a_task_that_never_started_is_started_again_and_one_asked_to_stop_is_stopped(
+    ecs: EcsAccount, tmp_path: Path
+) -> None:
     # Given a task accepted but not started, and another StopTask stopped before it started
     waiting = ecs.task(status="PENDING")
     cancelled = ecs.task(status="PROVISIONING")
@@ -458,7 +386,9 @@ def test_a_task_that_never_started_is_started_again_and_one_asked_to_stop_is_sto
     )
 
 
-def test_a_task_reported_running_whose_container_never_started_is_started_again(ecs: Ecs, tmp_path: Path) -> None:
+def test_a_task_reported_running_whose_container_never_started_is_started_again(
+    ecs: EcsAccount, tmp_path: Path
+) -> None:
     # Given a task reported RUNNING whose container was created and never started
     task = ecs.task(status="RUNNING", started=True)
     launcher = StandInLauncher(never_started={task.task_arn})
@@ -471,7 +401,7 @@ def test_a_task_reported_running_whose_container_never_started_is_started_again(
     assert ecs.stream(task) == ["started again"]
 
 
-def test_only_containers_no_task_left_to_recover_uses_are_swept(ecs: Ecs, tmp_path: Path) -> None:
+def test_only_containers_no_task_left_to_recover_uses_are_swept(ecs: EcsAccount, tmp_path: Path) -> None:
     # Given containers of a running task, of a stopped one, of a task unknown to the stack and of none
     running, stopped = ecs.task(status="RUNNING", started=True), ecs.task(status="STOPPED", started=True)
     launcher = StandInLauncher(
@@ -500,7 +430,7 @@ def test_only_containers_no_task_left_to_recover_uses_are_swept(ecs: Ecs, tmp_pa
     assert settled(running)
 
 
-def test_a_failing_hook_is_logged_and_the_task_still_settles(ecs: Ecs, tmp_path: Path) -> None:
+def test_a_failing_hook_is_logged_and_the_task_still_settles(ecs: EcsAccount, tmp_path: Path) -> None:
     task = ecs.task(status="RUNNING", started=True)
     lines: list[str] = []
 
@@ -513,7 +443,7 @@ def test_a_failing_hook_is_logged_and_the_task_still_settles(ecs: Ecs, tmp_path:
 
 
 def test_a_restarted_stack_settles_a_host_process_task_from_what_its_store_and_fresh_backends_hold(
-    ecs: Ecs, tmp_path: Path
+    ecs: EcsAccount, tmp_path: Path
 ) -> None:
     # Given a process-mode task running, every change of it written through one store, and the agent crashed
     store = StateStore(tmp_path / "state")
@@ -528,7 +458,7 @@ def test_a_restarted_stack_settles_a_host_process_task_from_what_its_store_and_f
     image = json.loads(StateStore(tmp_path / "state").get(TASK_KIND, task.task_arn) or b"{}")
     # When the stack starts again: fresh moto backends, the task restored from its last after-image, a new store
     ecs_backends[ecs.account].reset()
-    restored_ecs = Ecs(ecs.account)
+    restored_ecs = EcsAccount("unit", account=ecs.account, task_age=TASK_AGE)
     restored = restored_ecs.task(f"echo up; sleep 60 # {marker}", status=image["status"])
     restored.id = task.id
     restored.local_process_group = task.local_process_group
@@ -552,7 +482,7 @@ def test_a_restarted_stack_settles_a_host_process_task_from_what_its_store_and_f
 # ------------------------------------------------------------------------------------------------ stopping
 
 
-def test_a_durable_stop_lets_go_of_adoptable_tasks_without_touching_them(ecs: Ecs, tmp_path: Path) -> None:
+def test_a_durable_stop_lets_go_of_adoptable_tasks_without_touching_them(ecs: EcsAccount, tmp_path: Path) -> None:
     # Given an agent following a running container
     task = ecs.task(status="RUNNING", started=True)
     execution = OutputExecution("sleep 30", 0, None)
@@ -568,7 +498,7 @@ def test_a_durable_stop_lets_go_of_adoptable_tasks_without_touching_them(ecs: Ec
 
 @pytest.mark.parametrize("keep_running", [False, True])
 def test_a_stop_kills_tasks_that_cannot_be_adopted_and_settles_them_as_stopped_with_the_stack(
-    ecs: Ecs, tmp_path: Path, keep_running: bool
+    ecs: EcsAccount, tmp_path: Path, keep_running: bool
 ) -> None:
     # Given an agent of host processes (they cannot be adopted) running a task
     task = ecs.task(status="RUNNING", started=True)
@@ -583,7 +513,7 @@ def test_a_stop_kills_tasks_that_cannot_be_adopted_and_settles_them_as_stopped_w
     assert (task._status, task.stop_code, task.stopped_reason) == ("STOPPED", STACK_STOPPED_CODE, STACK_STOPPED_REASON)
 
 
-def test_a_task_waiting_for_a_slot_is_left_unstarted_when_the_agent_lets_go(ecs: Ecs, tmp_path: Path) -> None:
+def test_a_task_waiting_for_a_slot_is_left_unstarted_when_the_agent_lets_go(ecs: EcsAccount, tmp_path: Path) -> None:
     # Given an agent with one slot, taken by a running task, and a second task waiting for it
     launcher = StandInLauncher()
     agent = agent_with(ecs, tmp_path, launcher, max_running_tasks=1)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -19,32 +17,12 @@ from unittest.mock import MagicMock
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from moto import mock_aws
 
 from taskrunner_local import moto_patches
-from taskrunner_local.moto_patches import HOOKS, patch_named
+from taskrunner_local.moto_patches import HOOKS
+from tests.support.moto_in_process import patch_state
 
 REGION = "us-east-1"
-
-
-@contextmanager
-def patch_state(name: str, applied: bool) -> Iterator[None]:
-    patch = patch_named(name)
-    was_applied = patch.applied
-    patch.apply() if applied else patch.revert()
-    try:
-        yield
-    finally:
-        patch.apply() if was_applied else patch.revert()
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for key, value in {"AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        yield
 
 
 def ecs_service(api_action: str) -> Any:
@@ -53,7 +31,7 @@ def ecs_service(api_action: str) -> Any:
     )
 
     service = StateTaskServiceEcs.__new__(StateTaskServiceEcs)
-    service.resource = SimpleNamespace(
+    service.resource = SimpleNamespace(  # type: ignore[assignment]  # the fields the ECS integration reads
         api_name="ecs", api_action=api_action, resource_arn=f"arn:aws:states:::ecs:{api_action}"
     )
     return service
@@ -105,7 +83,10 @@ def test_run_task_keeps_capacity_provider_strategy_and_tags(applied: bool) -> No
 def test_fargate_task_definitions_need_no_container_memory(aws: None, applied: bool) -> None:
     with patch_state("ecs-fargate-container-memory", applied):
         ecs = boto3.client("ecs")
-        run = lambda: fargate_task(ecs, container={"name": "main", "image": "busybox", "essential": True})  # noqa: E731
+
+        def run() -> Any:
+            return fargate_task(ecs, container={"name": "main", "image": "busybox", "essential": True})
+
         if applied:
             assert run()["taskArn"]
         else:
@@ -163,7 +144,8 @@ def test_run_task_sync_fails_like_aws_on_a_non_zero_exit(aws: None, applied: boo
             return
         with pytest.raises(FailureEventException) as failure:
             resolver()
-    details = failure.value.failure_event.event_details["taskFailedEventDetails"]
+    event_details: Any = failure.value.failure_event.event_details
+    details = event_details["taskFailedEventDetails"]
     assert details["error"] == "States.TaskFailed"
     cause = json.loads(details["cause"])
     assert cause["Containers"][0]["ExitCode"] == 3 and cause["TaskArn"].startswith("arn:aws:ecs:")
@@ -216,9 +198,12 @@ def test_ecs_integration_errors_have_the_names_aws_gives_them(applied: bool) -> 
 @pytest.mark.parametrize("applied", [False, True])
 def test_lambda_functions_run_without_docker(aws: None, applied: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, bytes, str]] = []
-    monkeypatch.setattr(
-        HOOKS, "invoke_lambda", lambda name, payload, kind: calls.append((name, payload, kind)) or (b'{"ok": 1}', None)
-    )
+
+    def invoke_lambda(name: str, payload: bytes, kind: str) -> tuple[bytes, None]:
+        calls.append((name, payload, kind))
+        return b'{"ok": 1}', None
+
+    monkeypatch.setattr(HOOKS, "invoke_lambda", invoke_lambda)
     role = boto3.client("iam").create_role(RoleName="r", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     boto3.client("lambda").create_function(
         FunctionName="fn",
@@ -242,11 +227,12 @@ def test_lambda_functions_run_without_docker(aws: None, applied: bool, monkeypat
 @pytest.mark.parametrize("applied", [False, True])
 def test_eventbridge_rules_deliver_to_lambda_targets(aws: None, applied: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, dict[str, Any], str]] = []
-    monkeypatch.setattr(
-        HOOKS,
-        "invoke_lambda",
-        lambda name, payload, kind: calls.append((name, json.loads(payload), kind)) or (b"", None),
-    )
+
+    def invoke_lambda(name: str, payload: bytes, kind: str) -> tuple[bytes, None]:
+        calls.append((name, json.loads(payload), kind))
+        return b"", None
+
+    monkeypatch.setattr(HOOKS, "invoke_lambda", invoke_lambda)
     events = boto3.client("events")
     events.put_rule(Name="r", EventPattern=json.dumps({"source": ["aws.ecs"]}))
     events.put_targets(Rule="r", Targets=[{"Id": "1", "Arn": "arn:aws:lambda:us-east-1:123456789012:function:fn"}])

@@ -39,6 +39,14 @@ def durable(folder: Path) -> Durability:
     return durability
 
 
+def durable_with_table(folder: Path) -> Durability:
+    """A durable stack on `folder` whose snapshot holds the table "tasks", empty."""
+    durability = durable(folder)
+    make_table()
+    durability.snapshot()
+    return durability
+
+
 def dynamodb() -> Any:
     from moto.dynamodb.models import dynamodb_backends
 
@@ -80,10 +88,10 @@ def stored_items() -> dict[tuple[str, str], dict[str, Any]]:
     return {(i.hash_key.value, i.range_key.value): i.to_json()["Attributes"] for i in table.all_items()}
 
 
-def test_given_items_written_through_when_the_stack_restarts_then_every_item_is_back(patched: None, tmp_path: Path):
-    durability = durable(tmp_path)
-    make_table()
-    durability.snapshot()
+def test_given_items_written_through_when_the_stack_restarts_then_every_item_is_back(
+    patched: None, tmp_path: Path
+) -> None:
+    durability = durable_with_table(tmp_path)
     backend = dynamodb()
     backend.put_item("tasks", item("t#1", "task", status="RUNNING"))
     backend.put_item("tasks", item("t#2", "task", status="SUBMITTED"))
@@ -102,10 +110,10 @@ def test_given_items_written_through_when_the_stack_restarts_then_every_item_is_
     assert stored_items() == before == {("t#1", "task"): item("t#1", "task", status="SUCCEEDED")}
 
 
-def test_given_a_transaction_that_fails_half_way_then_neither_of_its_items_is_written(patched: None, tmp_path: Path):
-    durability = durable(tmp_path)
-    make_table()
-    durability.snapshot()
+def test_given_a_transaction_that_fails_half_way_then_neither_of_its_items_is_written(
+    patched: None, tmp_path: Path
+) -> None:
+    durability = durable_with_table(tmp_path)
     backend = dynamodb()
     backend.put_item("tasks", item("t#1", "task", status="RUNNING"))
     good = {"Put": {"TableName": "tasks", "Item": item("t#1", "metering", billed="60")}}
@@ -137,10 +145,8 @@ def test_given_a_transaction_that_fails_half_way_then_neither_of_its_items_is_wr
     assert stored_items() == {("t#1", "task"): item("t#1", "task", status="RUNNING")}
 
 
-def test_given_a_transaction_when_it_commits_then_both_items_are_back(patched: None, tmp_path: Path):
-    durability = durable(tmp_path)
-    make_table()
-    durability.snapshot()
+def test_given_a_transaction_when_it_commits_then_both_items_are_back(patched: None, tmp_path: Path) -> None:
+    durability = durable_with_table(tmp_path)
     dynamodb().transact_write_items(
         [
             {"Put": {"TableName": "tasks", "Item": item("t#1", "task", status="SUCCEEDED")}},
@@ -153,10 +159,8 @@ def test_given_a_transaction_when_it_commits_then_both_items_are_back(patched: N
     assert set(stored_items()) == {("t#1", "task"), ("t#1", "metering")}
 
 
-def test_given_a_snapshot_of_another_moto_then_restore_says_so(patched: None, tmp_path: Path):
-    durability = durable(tmp_path)
-    make_table()
-    durability.snapshot()
+def test_given_a_snapshot_of_another_moto_then_restore_says_so(patched: None, tmp_path: Path) -> None:
+    durability = durable_with_table(tmp_path)
     durability.store.set_meta("snapshot-format", "moto 0.1, python 2.7")
     durability.revert()
     fresh_moto()
@@ -167,7 +171,7 @@ def test_given_a_snapshot_of_another_moto_then_restore_says_so(patched: None, tm
     again.revert()
 
 
-def test_given_an_empty_folder_then_there_is_nothing_to_restore(patched: None, tmp_path: Path):
+def test_given_an_empty_folder_then_there_is_nothing_to_restore(patched: None, tmp_path: Path) -> None:
     durability = durable(tmp_path)
     assert not durability.restore()
     durability.revert()
@@ -191,7 +195,7 @@ def test_given_an_empty_folder_then_there_is_nothing_to_restore(patched: None, t
 )
 def test_which_requests_may_change_the_control_plane(
     method: str, path: str, headers: dict[str, str], body: bytes, expected: bool
-):
+) -> None:
     service = (
         "s3"
         if "bucket" in path

@@ -8,10 +8,8 @@ the same folder, and the part's `restore()` runs before any request."""
 from __future__ import annotations
 
 import gc
-import io
 import json
 import logging
-import pickle
 import sqlite3
 import time
 import weakref
@@ -24,13 +22,13 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from moto import mock_aws
 from moto.stepfunctions.parser.models import stepfunctions_parser_backends
 
-from taskrunner_local.moto_patches import Patch
 from taskrunner_local.persistence import executions
 from taskrunner_local.persistence.executions import STOPPED_ERROR, ExecutionsPart
 from taskrunner_local.persistence.store import DATABASE, StateStore
+from tests.support.moto_in_process import in_process_aws
+from tests.support.persistence import LocalPart
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -51,58 +49,28 @@ def _backend() -> Any:
     return stepfunctions_parser_backends[ACCOUNT][REGION]
 
 
-def _snapshot(externalized: tuple[type, ...]) -> bytes:
-    """The backend pickled as the stack's core pickles it: the part's classes become placeholders."""
-
-    class SnapshotPickler(pickle.Pickler):
-        def persistent_id(self, obj: Any) -> Any:
-            return ("externalized", id(obj)) if isinstance(obj, externalized) else None
-
-    buffer = io.BytesIO()
-    SnapshotPickler(buffer).dump(_backend())
-    return buffer.getvalue()
-
-
-def _load(snapshot: bytes) -> Any:
-    class SnapshotUnpickler(pickle.Unpickler):
-        def persistent_load(self, pid: Any) -> Any:
-            return None
-
-    return SnapshotUnpickler(io.BytesIO(snapshot)).load()
-
-
 def _answer(response: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in response.items() if key != "ResponseMetadata"}
 
 
-class Stack:
+class Stack(LocalPart[ExecutionsPart]):
     """The local stack's Step Functions as one run of it holds them: a store on the state folder, the part
     (installed) and a client. `restart()` kills that run and starts the next one in place."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self._start()
+    backends = stepfunctions_parser_backends
+    region = REGION
 
-    def _start(self) -> None:
-        self.store = StateStore(self.folder)
-        self.part = ExecutionsPart(self.store)
-        self.patch = Patch(self.part.name, "durable executions", self.part.install)
-        self.patch.apply()
+    def new_part(self, store: StateStore) -> ExecutionsPart:
+        return ExecutionsPart(store)
+
+    def start(self) -> None:
+        super().start()
         self.sfn = boto3.client("stepfunctions", region_name=REGION)
-
-    def restart(self) -> None:
-        """kill -9, then a new start: fresh backends loaded from the snapshot, a new store on the same folder."""
-        snapshot = _snapshot(self.part.externalized)
-        self.stop()
-        _backend().reset()
-        stepfunctions_parser_backends[ACCOUNT][REGION] = _load(snapshot)
-        self._start()
-        self.part.restore()
 
     def stop(self) -> None:
         """The process dies: its code stops writing, its worker threads stop with it, its store is left as is."""
         self.patch.revert()
-        for state_machine in _backend().state_machines:
+        for state_machine in self.backend.state_machines:
             for execution in state_machine.executions:
                 if execution is not None and execution.status == "RUNNING":
                     execution.stop(stop_date=datetime.now(UTC), error=None, cause=None)
@@ -163,19 +131,10 @@ def _failing_commits(store: StateStore) -> Iterator[None]:
 
 @pytest.fixture
 def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
-    for key, value in {
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.setattr(executions, "SWEEP_EVERY_SECONDS", 0.0)
-    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
-        started = Stack(tmp_path / ".taskrunner")
+    sfn_runs_executions = {"stepfunctions": {"execute_state_machine": True}}
+    with in_process_aws(monkeypatch, config=sfn_runs_executions), Stack(tmp_path / ".taskrunner") as started:
         yield started
-        started.stop()
 
 
 # ---------------------------------------------------------------------------------------------- restart

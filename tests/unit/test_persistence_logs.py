@@ -8,99 +8,42 @@ from __future__ import annotations
 
 import gzip
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
-from moto.core import DEFAULT_ACCOUNT_ID
+from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.logs.models import logs_backends
 
 from taskrunner_local.moto_patches import Patch, patch_named
-from taskrunner_local.persistence import snapshots
 from taskrunner_local.persistence.logs import DEFAULT_EVENT_LIMIT, LogsPart
 from taskrunner_local.persistence.s3 import S3Part
 from taskrunner_local.persistence.store import StateStore
+from tests.support.moto_in_process import patch_state
+from tests.support.persistence import LocalPart, SimulatedCrash
 
 REGION = "us-east-1"
 GROUP, STREAM = "/tasks", "task/main/1"
 
 
-class SimulatedCrash(Exception):
-    """Raised inside a transaction, as if the process died before its commit."""
-
-
-class CrashingStore(StateStore):
-    """A state store whose transactions fail before committing while `crash` is set."""
-
-    crash = False
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        with super().transaction() as db:
-            yield db
-            if self.crash:
-                raise SimulatedCrash
-
-
-@dataclass
-class LocalLogs:
+class LocalLogs(LocalPart[LogsPart]):
     """The logs side of a local stack: a state folder, its store and the installed part."""
 
-    folder: Path
-    store: CrashingStore
-    part: LogsPart
-    patch: Patch
+    backends = logs_backends
+    region = REGION
 
-    @classmethod
-    def start(cls, folder: Path) -> LocalLogs:
-        store = CrashingStore(folder)
-        part = LogsPart(store)
-        patch = Patch("durable-logs", "log events live in the state store", part.install)
-        patch.apply()
-        return cls(folder, store, part, patch)
-
-    def snapshot(self) -> bytes:
-        """The logs backend as the core's snapshot holds it: streams left out, loaded back as None."""
-        return snapshots.dumps(logs_backends[DEFAULT_ACCOUNT_ID][REGION], self.part.externalized)
-
-    def stop(self) -> None:
-        self.patch.revert()
-        self.store.close()
-
-    def restart(self, snapshot: bytes | None = None) -> None:
-        """Stop and start again on the same folder from `snapshot` (by default one taken now), with a fresh backend,
-        a fresh store and fresh patches."""
-        snapshot = self.snapshot() if snapshot is None else snapshot
-        self.stop()
-        logs_backends[DEFAULT_ACCOUNT_ID].reset()
-        dict.__setitem__(logs_backends[DEFAULT_ACCOUNT_ID], REGION, snapshots.loads(snapshot))
-        restarted = LocalLogs.start(self.folder)
-        self.store, self.part, self.patch = restarted.store, restarted.part, restarted.patch
-        self.part.restore()
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for key, value in {"AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        yield
+    def new_part(self, store: StateStore) -> LogsPart:
+        return LogsPart(store)
 
 
 @pytest.fixture
 def local(aws: None, tmp_path: Path) -> Iterator[LocalLogs]:
-    started = LocalLogs.start(tmp_path / "state")
-    yield started
-    started.stop()
+    with LocalLogs(tmp_path / "state") as started:
+        yield started
 
 
 @pytest.fixture
@@ -110,6 +53,13 @@ def logs(aws: None) -> Any:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def make_streams(logs: Any, *names: str) -> None:
+    """The group GROUP, with the streams `names` (STREAM without names)."""
+    logs.create_log_group(logGroupName=GROUP)
+    for name in names or (STREAM,):
+        logs.create_log_stream(logGroupName=GROUP, logStreamName=name)
 
 
 def put(logs: Any, messages: list[str], start: int, stream: str = STREAM) -> None:
@@ -169,9 +119,7 @@ def test_given_a_stream_when_the_stack_restarts_then_describe_log_streams_shows_
     local: LocalLogs, logs: Any
 ) -> None:
     # Given streams with events (one of them with none) and a snapshot taken after they were created
-    logs.create_log_group(logGroupName=GROUP)
-    for name in ("a", "b", "c"):
-        logs.create_log_stream(logGroupName=GROUP, logStreamName=name)
+    make_streams(logs, "a", "b", "c")
     snapshot = local.snapshot()
     start = now_ms()
     put(logs, ["x" * 10, "yy"], start, stream="b")
@@ -222,9 +170,7 @@ def test_given_events_in_several_streams_when_the_stack_restarts_then_filter_log
     local: LocalLogs, logs: Any
 ) -> None:
     # Given two streams whose events alternate in time
-    logs.create_log_group(logGroupName=GROUP)
-    for name in ("s1", "s2"):
-        logs.create_log_stream(logGroupName=GROUP, logStreamName=name)
+    make_streams(logs, "s1", "s2")
     start = now_ms()
     logs.put_log_events(
         logGroupName=GROUP,
@@ -268,9 +214,7 @@ def test_given_a_scenario_then_the_answers_are_moto_s_own(aws: None, tmp_path: P
     # Given one scenario played on plain moto and on moto with the part
     def play() -> dict[str, Any]:
         logs = boto3.client("logs", region_name=REGION)
-        logs.create_log_group(logGroupName=GROUP)
-        for name in ("b", "a"):
-            logs.create_log_stream(logGroupName=GROUP, logStreamName=name)
+        make_streams(logs, "b", "a")
         start = now_ms()
         logs.put_log_events(
             logGroupName=GROUP,
@@ -285,7 +229,7 @@ def test_given_a_scenario_then_the_answers_are_moto_s_own(aws: None, tmp_path: P
         def events(page: dict[str, Any]) -> list[tuple[int, str]]:
             return [(event["timestamp"] - start, event["message"]) for event in page["events"]]
 
-        answers = {
+        answers: dict[str, Any] = {
             "head": events(logs.get_log_events(logGroupName=GROUP, logStreamName="a", startFromHead=True, limit=3)),
             "tail": events(logs.get_log_events(logGroupName=GROUP, logStreamName="a", limit=2)),
             "window": events(
@@ -308,12 +252,9 @@ def test_given_a_scenario_then_the_answers_are_moto_s_own(aws: None, tmp_path: P
         return answers
 
     moto_answers = play()
-    local = LocalLogs.start(tmp_path)
-    try:
+    with LocalLogs(tmp_path):
         # When the part serves the same calls
         durable_answers = play()
-    finally:
-        local.stop()
 
     # Then every answer is the same
     assert durable_answers == moto_answers
@@ -324,14 +265,13 @@ def test_given_a_scenario_then_the_answers_are_moto_s_own(aws: None, tmp_path: P
 
 def test_given_large_events_then_a_forward_page_stops_at_one_megabyte(local: LocalLogs, logs: Any) -> None:
     # Given twelve events of 200,000 bytes
-    logs.create_log_group(logGroupName=GROUP)
-    logs.create_log_stream(logGroupName=GROUP, logStreamName=STREAM)
+    make_streams(logs)
     put(logs, [f"{i:02d}" + "x" * 199_998 for i in range(12)], now_ms())
 
     # When they are read forward, and backward from the end
     pages, token = [], None
     for _ in range(4):
-        request = {"nextToken": token} if token else {}
+        request: dict[str, Any] = {"nextToken": token} if token else {}
         page = logs.get_log_events(logGroupName=GROUP, logStreamName=STREAM, startFromHead=True, **request)
         pages.append([event["message"][:2] for event in page["events"]])
         token = page["nextForwardToken"]
@@ -348,37 +288,26 @@ def test_given_the_page_size_patch_too_then_pages_are_the_same_in_either_order(
     aws: None, logs: Any, tmp_path: Path, order: str
 ) -> None:
     # Given moto_patches' logs-page-size patch applied before or after the part
-    page_size = patch_named("logs-page-size")
-    was_applied = page_size.applied
-    page_size.revert()
-    if order == "page-size patch first":
-        page_size.apply()
-    local = LocalLogs.start(tmp_path)
-    page_size.apply()
-    try:
-        logs.create_log_group(logGroupName=GROUP)
-        logs.create_log_stream(logGroupName=GROUP, logStreamName=STREAM)
+    with patch_state("logs-page-size", order == "page-size patch first"), LocalLogs(tmp_path):
+        patch_named("logs-page-size").apply()
+        make_streams(logs)
         put(logs, ["x" * 200_000] * 12, now_ms())
 
         # When the stream is read forward
         sizes, token = [], None
         for _ in range(3):
-            request = {"nextToken": token} if token else {}
+            request: dict[str, Any] = {"nextToken": token} if token else {}
             page = logs.get_log_events(logGroupName=GROUP, logStreamName=STREAM, startFromHead=True, **request)
             sizes.append(len(page["events"]))
             token = page["nextForwardToken"]
 
         # Then the pages are the part's
         assert sizes == [5, 5, 2]
-    finally:
-        local.stop()
-        page_size.apply() if was_applied else page_size.revert()
 
 
 def test_given_no_limit_then_a_page_holds_ten_thousand_events(local: LocalLogs, logs: Any) -> None:
     # Given more events than a page holds by default
-    logs.create_log_group(logGroupName=GROUP)
-    logs.create_log_stream(logGroupName=GROUP, logStreamName=STREAM)
+    make_streams(logs)
     backend = logs_backends[DEFAULT_ACCOUNT_ID][REGION]
     start = now_ms()
     backend.put_log_events(GROUP, STREAM, [{"timestamp": start, "message": str(i)} for i in range(10_005)])
@@ -396,8 +325,7 @@ def test_given_an_empty_stream_when_read_forward_then_the_token_repeats_and_late
     local: LocalLogs, logs: Any
 ) -> None:
     # Given an empty stream read from its head, and from its end
-    logs.create_log_group(logGroupName=GROUP)
-    logs.create_log_stream(logGroupName=GROUP, logStreamName=STREAM)
+    make_streams(logs)
     head = logs.get_log_events(logGroupName=GROUP, logStreamName=STREAM, startFromHead=True)
     again = logs.get_log_events(logGroupName=GROUP, logStreamName=STREAM, nextToken=head["nextForwardToken"])
     tail = logs.get_log_events(logGroupName=GROUP, logStreamName=STREAM)
@@ -417,8 +345,7 @@ def test_given_an_empty_stream_when_read_forward_then_the_token_repeats_and_late
 
 def test_given_concurrent_puts_to_one_stream_then_every_event_and_byte_is_counted(local: LocalLogs, logs: Any) -> None:
     # Given a stream
-    logs.create_log_group(logGroupName=GROUP)
-    logs.create_log_stream(logGroupName=GROUP, logStreamName=STREAM)
+    make_streams(logs)
     backend = logs_backends[DEFAULT_ACCOUNT_ID][REGION]
     start = now_ms()
 
@@ -485,8 +412,7 @@ def test_given_a_group_the_snapshot_never_saw_when_the_stack_restarts_then_it_co
 
 def test_given_a_crash_inside_put_log_events_then_the_stream_keeps_its_old_state(local: LocalLogs, logs: Any) -> None:
     # Given a stream with one event
-    logs.create_log_group(logGroupName=GROUP)
-    logs.create_log_stream(logGroupName=GROUP, logStreamName=STREAM)
+    make_streams(logs)
     put(logs, ["kept"], now_ms())
     described = describe(logs)
     backend = logs_backends[DEFAULT_ACCOUNT_ID][REGION]
@@ -524,8 +450,7 @@ def test_given_a_subscription_filter_then_put_log_events_still_delivers_to_the_f
             DeliveryStreamName="archive",
             ExtendedS3DestinationConfiguration={"RoleARN": role, "BucketARN": "arn:aws:s3:::archive"},
         )["DeliveryStreamARN"]
-        logs.create_log_group(logGroupName=GROUP)
-        logs.create_log_stream(logGroupName=GROUP, logStreamName=STREAM)
+        make_streams(logs)
         logs.put_subscription_filter(
             logGroupName=GROUP, filterName="archive", filterPattern="", destinationArn=stream_arn, roleArn=role
         )
@@ -547,8 +472,7 @@ def test_given_a_subscription_filter_then_put_log_events_still_delivers_to_the_f
 
 def test_given_events_then_moto_s_whole_stream_readers_see_them(local: LocalLogs, logs: Any) -> None:
     # Given a stream with events
-    logs.create_log_group(logGroupName=GROUP)
-    logs.create_log_stream(logGroupName=GROUP, logStreamName=STREAM)
+    make_streams(logs)
     start = now_ms()
     put(logs, ["b", "c"], start + 1)
     put(logs, ["a"], start)
@@ -573,8 +497,7 @@ def resident_bytes() -> int:
 
 def test_given_200k_events_of_200_bytes_then_memory_stays_flat(local: LocalLogs, logs: Any) -> None:
     # Given a stream, warmed up by a first batch
-    logs.create_log_group(logGroupName=GROUP)
-    logs.create_log_stream(logGroupName=GROUP, logStreamName=STREAM)
+    make_streams(logs)
     backend = logs_backends[DEFAULT_ACCOUNT_ID][REGION]
     start = now_ms()
 

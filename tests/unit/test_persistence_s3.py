@@ -6,105 +6,46 @@ patches, the snapshot loaded into a fresh backend and the part's restore()."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
-from moto.core import DEFAULT_ACCOUNT_ID
+from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.s3.models import FakeKey, s3_backends
 
-from taskrunner_local.moto_patches import Patch
-from taskrunner_local.persistence import snapshots
 from taskrunner_local.persistence.s3 import DurableBody, S3Part
 from taskrunner_local.persistence.store import StateStore
+from tests.support.persistence import LocalPart, SimulatedCrash
 
 REGION = "us-east-1"
 PARTITION = "aws"
 BUCKET = "archive"
 
 
-class SimulatedCrash(Exception):
-    """Raised inside a transaction, as if the process died before its commit."""
-
-
-class CrashingStore(StateStore):
-    """A state store whose transactions fail before committing while `crash` is set."""
-
-    crash = False
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        with super().transaction() as db:
-            yield db
-            if self.crash:
-                raise SimulatedCrash
-
-
-@dataclass
-class LocalS3:
+class LocalS3(LocalPart[S3Part]):
     """The S3 side of a local stack: a state folder, its store, the objects folder and the installed part."""
 
-    folder: Path
-    store: CrashingStore
-    part: S3Part
-    patch: Patch
+    backends = s3_backends
+    region = PARTITION
 
     @property
     def objects(self) -> Path:
         return self.folder / "objects"
 
-    @classmethod
-    def start(cls, folder: Path) -> LocalS3:
-        store = CrashingStore(folder)
-        part = S3Part(store, folder / "objects")
-        patch = Patch("durable-s3", "object bodies live in files", part.install)
-        patch.apply()
-        return cls(folder, store, part, patch)
-
-    def snapshot(self) -> bytes:
-        """The S3 backend as the core's snapshot holds it: objects left out, loaded back as None."""
-        return snapshots.dumps(s3_backends[DEFAULT_ACCOUNT_ID][PARTITION], self.part.externalized)
-
-    def stop(self) -> None:
-        self.patch.revert()
-        self.store.close()
-
-    def restart(self, snapshot: bytes | None = None) -> None:
-        """Stop and start again on the same folder from `snapshot` (by default one taken now), with a fresh backend,
-        a fresh store and fresh patches."""
-        snapshot = self.snapshot() if snapshot is None else snapshot
-        self.stop()
-        s3_backends[DEFAULT_ACCOUNT_ID].reset()
-        dict.__setitem__(s3_backends[DEFAULT_ACCOUNT_ID], PARTITION, snapshots.loads(snapshot))
-        restarted = LocalS3.start(self.folder)
-        self.store, self.part, self.patch = restarted.store, restarted.part, restarted.patch
-        self.part.restore()
+    def new_part(self, store: StateStore) -> S3Part:
+        return S3Part(store, self.objects)
 
     def body_files(self) -> set[str]:
         return {path.name for path in self.objects.iterdir()}
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for key, value in {"AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        yield
-
-
-@pytest.fixture
 def local(aws: None, tmp_path: Path) -> Iterator[LocalS3]:
-    started = LocalS3.start(tmp_path / "state")
-    yield started
-    started.stop()
+    with LocalS3(tmp_path / "state") as started:
+        yield started
 
 
 @pytest.fixture
@@ -327,12 +268,12 @@ def test_given_durable_versions_then_list_object_versions_copies_no_body(local: 
     s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
     for n in range(3):
         s3.put_object(Bucket=BUCKET, Key="k", Body=bytes([n]) * 1000)
-    tracked = len(FakeKey.instances_tracked)
+    tracked = len(FakeKey.instances_tracked)  # type: ignore[attr-defined]  # moto's registry of live keys
     started = time.monotonic()
 
     # When the versions are listed (moto deep-copies every version to list them)
     versions = s3.list_object_versions(Bucket=BUCKET)["Versions"]
 
     # Then no FakeKey was made through moto's constructor (which keeps it, body and all, for ever)
-    assert len(versions) == 3 and len(FakeKey.instances_tracked) == tracked
+    assert len(versions) == 3 and len(FakeKey.instances_tracked) == tracked  # type: ignore[attr-defined]
     assert time.monotonic() - started < 5
