@@ -9,14 +9,15 @@ one store transaction: after a crash both are there or neither is.
 from __future__ import annotations
 
 import json
-import pickle
 import threading
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from moto.core.base_backend import BaseBackend
+
 from taskrunner_local.moto_patches import _replace, dynamodb_lock
-from taskrunner_local.persistence.snapshots import dumps
+from taskrunner_local.persistence.snapshots import dumps, loads
 from taskrunner_local.persistence.store import Change, StateStore
 
 ITEM_KIND = "dynamodb-item"
@@ -147,7 +148,8 @@ class EcsTasksPart:
             changes: list[Change] = []
             for task in tasks:
                 account, region = task.task_arn.split(":")[4], task.task_arn.split(":")[3]
-                blob = dumps((account, region, self._cluster_name(task), task))
+                # its own backend (moto's Task keeps a reference to it) is left out, and given back at restore
+                blob = dumps((account, region, self._cluster_name(task), task), externalized=(BaseBackend,))
                 changes.append((ECS_TASK_KIND, task.task_arn, blob))
             self.store.apply(changes)
 
@@ -189,5 +191,7 @@ class EcsTasksPart:
             for backend in regions.values():
                 backend.tasks = {}
         for _arn, blob in self.store.all(ECS_TASK_KIND):
-            account, region, cluster_name, task = pickle.loads(blob)
-            ecs_backends[account][region].tasks.setdefault(cluster_name, {})[task.task_arn] = task
+            account, region, cluster_name, task = loads(blob)
+            backend = ecs_backends[account][region]
+            task._backend = backend
+            backend.tasks.setdefault(cluster_name, {})[task.task_arn] = task

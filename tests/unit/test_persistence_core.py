@@ -212,3 +212,40 @@ def test_which_requests_may_change_the_control_plane(
         **headers,
     }
     assert may_change_control_plane(environ, body) is expected
+
+
+def ecs_task_rows(durability: Durability) -> dict[str, int]:
+    """ECS task arn -> the size of its row in the store."""
+    from taskrunner_local.persistence.moto_parts import ECS_TASK_KIND
+
+    return {arn: len(blob) for arn, blob in durability.store.all(ECS_TASK_KIND)}
+
+
+def test_given_ecs_tasks_written_through_then_restarts_neither_grow_their_rows_nor_copy_their_backend(
+    patched: None, tmp_path: Path
+) -> None:
+    from moto.ecs.models import ecs_backends
+
+    from tests.support.ecs import REGION as ECS_REGION
+    from tests.support.ecs import EcsAccount
+
+    # Given an account whose cluster holds five tasks, each written through
+    durability = durable(tmp_path)
+    account = EcsAccount(family="grow")
+    tasks = [account.task(f"echo {n}") for n in range(5)]
+    durability.snapshot()
+    durability.ecs.task_changed(*tasks)
+    sizes = ecs_task_rows(durability)
+    assert len(sizes) == 5 and max(sizes.values()) < 20_000  # a task, not its backend with every other task
+    # When the stack restarts three times, its tasks written again each time (as the agent does)
+    for _ in range(3):
+        durability = restart(durability, tmp_path)
+        backend = ecs_backends[account.account][ECS_REGION]
+        restored = [task for cluster in backend.tasks.values() for task in cluster.values()]
+        # Then every task is back, in its live backend (not a copy of one), and its row did not grow
+        assert sorted(task.task_arn for task in restored) == sorted(sizes)
+        assert all(task._backend is backend for task in restored)
+        durability.ecs.task_changed(*restored)
+        rows = ecs_task_rows(durability)
+        assert rows.keys() == sizes.keys()
+        assert all(rows[arn] <= sizes[arn] + 100 for arn in rows), (rows, sizes)  # (pickle's memo varies a little)
