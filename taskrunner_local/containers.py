@@ -25,6 +25,7 @@ import platform
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import tomllib
@@ -500,11 +501,11 @@ class ContainerLauncher:
         return listed.stdout.split()
 
     def adopt(self, task: Any, launch: Launch) -> Adopted | None:
-        """The task's container, running or exited, followed from now on by `logs --follow` (its whole output from
-        its start: the agent skips what was shipped). A container of it that never started (the agent stopped
-        between creating and starting it: podman's `start --attach` starts the container a moment after the agent
-        reported RUNNING) is removed and NotStarted raised; a second container of it is removed. None without a
-        container."""
+        """The task's container, running or exited, followed from now on by `logs --follow` and, once it exited,
+        read again to its end (`container_logs`; its whole output from its start: the agent skips what was
+        shipped). A container of it that never started (the agent stopped between creating and starting it:
+        podman's `start --attach` starts the container a moment after the agent reported RUNNING) is removed and
+        NotStarted raised; a second container of it is removed. None without a container."""
         containers = self._labelled(f"{TASK_ARN_LABEL}={task.task_arn}")
         if not containers:
             return None
@@ -520,7 +521,8 @@ class ContainerLauncher:
             raise NotStarted(f"container {containers[0][:12]} of {task.task_arn} was created, never started")
         state = states[chosen]
         process = subprocess.Popen(
-            self.engine.command("logs", "--follow", chosen),
+            # `logs --follow`, then what it missed (see container_logs)
+            [sys.executable, "-m", "taskrunner_local.container_logs", self.engine.executable, chosen],
             env=self.engine.env(),
             cwd=self.work_dir,
             stdin=subprocess.DEVNULL,

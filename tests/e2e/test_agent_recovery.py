@@ -221,6 +221,43 @@ def test_a_container_that_exited_while_no_agent_ran_is_settled_from_its_own_reco
     assert wait_until(lambda: agents.containers(task) == [], 10)
 
 
+def test_a_large_output_of_a_container_that_exited_while_no_agent_ran_is_shipped_whole(agents: Agents) -> None:
+    # Given a task printing 100,000 lines whose agent crashed at its start, and whose container exited meanwhile
+    # (podman's `logs --follow` stops early on such a container when its reader is slow)
+    first = agents.start_agent()
+    task = agents.run(first, "sleep 1; seq 1 100000; echo END")
+    agents.crash(first)
+    [container] = agents.containers(task)
+    assert agents.engine is not None
+    assert agents.engine.run("wait", container).stdout.strip() == "0"
+    # When the next agent re-adopts it
+    second = agents.start_agent()
+    assert second.recover(agents.backend).adopted == [task.task_arn]
+    assert settled(task), agents.lines
+    # Then every line is in the stream, once
+    assert agents.stream(task) == [*map(str, range(1, 100_001)), "END"]
+
+
+def test_a_task_stopping_when_its_agent_crashed_keeps_every_line_it_printed(agents: Agents) -> None:
+    # Given a task that ignores SIGTERM while it prints, asked to stop, whose agent crashed while it was stopping
+    # (podman's `logs --follow` returns at once for a container that is stopping)
+    first = agents.start_agent()
+    script = "trap 'echo term' TERM; for i in $(seq 1 40); do echo c$i; sleep 0.1; done"
+    task = agents.run(first, script)
+    assert wait_until(lambda: "c3" in agents.stream(task), SETTLE_SECONDS)
+    first.on_stop_task(agents.backend, task, "stopped by the test")
+    agents.crash(first)
+    # When the next agent re-adopts it
+    second = agents.start_agent()
+    second.recover(agents.backend)
+    assert settled(task), agents.lines
+    # Then every line it printed up to its end is in its stream, once
+    lines = agents.stream(task)
+    printed = [line for line in lines if line != "term"]
+    assert printed == [f"c{i}" for i in range(1, len(printed) + 1)], lines
+    assert len(printed) > 3 + 5, lines  # it went on printing for the stop timeout (2 s) after the crash
+
+
 def test_a_task_whose_container_is_gone_is_settled_as_stopped_with_the_stack(agents: Agents) -> None:
     # Given a running task whose agent crashed, and whose container was removed afterwards
     first = agents.start_agent()
