@@ -13,7 +13,7 @@ from typing import Any
 
 from taskrunner_local.config import AGENT_MODES, LocalConfig
 from taskrunner_local.images import PYTHON_IMAGE
-from taskrunner_local.persistence.folder import StateFolder, StateFolderBusy
+from taskrunner_local.persistence.folder import StateFolder, StateFolderBusy, StateUnusable
 from taskrunner_local.persistence.snapshots import SnapshotFormatError
 from taskrunner_local.stack import AgentChoice, EngineUnavailable, LocalStack, choose_agent_mode
 
@@ -108,7 +108,7 @@ def up(config: LocalConfig) -> int:
     choice = announce(config)
     try:
         stack = LocalStack(config, choice).start()
-    except (EngineUnavailable, StateFolderBusy, SnapshotFormatError) as error:
+    except (EngineUnavailable, StateFolderBusy, StateUnusable, SnapshotFormatError) as error:
         sys.exit(f"error: {error}")
     try:
         print(banner(stack), flush=True)
@@ -127,7 +127,7 @@ def reset(config: LocalConfig) -> int:
         return 0
     try:
         folder = StateFolder.open(config.state_dir)
-    except StateFolderBusy as error:
+    except (StateFolderBusy, StateUnusable) as error:
         sys.exit(f"error: {error}")
     try:
         removed = folder.forget()

@@ -47,12 +47,15 @@ from taskrunner_local.agent import (
 )
 from taskrunner_local.engine import Engine
 from taskrunner_local.limits import TASK_PIDS_MAX
+from taskrunner_local.persistence.store import DATABASE
 
 if TYPE_CHECKING:
     from taskrunner_local.registry import LocalEcr
 
 STACK_LABEL = "io.taskrunner.stack"
 TASK_ARN_LABEL = "io.taskrunner.ecs-task-arn"
+#: the label that names the state folder of the stack a container belongs to
+STATE_DIR_LABEL = "io.taskrunner.state-dir"
 #: Engine commands that only look or change state; a pull may take longer.
 ENGINE_TIMEOUT_SECONDS = 60.0
 PULL_TIMEOUT_SECONDS = 600.0
@@ -89,7 +92,7 @@ class _Dialect:
     init_in_static_dir: bool
     #: removes containers at once (podman's `rm -f` first waits out a stop timeout), and quietly when gone
     remove: tuple[str, ...]
-    #: `ps --format`: a container's full id and the ECS task its label names
+    #: `ps --format`: a container's full id, the ECS task its label names and its stack's state folder, `|` apart
     ps_task_format: str
     #: how a pull from the local ECR (plain HTTP on 127.0.0.1) gets its credentials: podman takes an auth file and
     #: must be told the registry is not TLS; a Docker daemon reads `$DOCKER_CONFIG/config.json` and trusts 127.0.0.1
@@ -101,14 +104,16 @@ _DIALECTS = {
         network="slirp4netns",
         init_in_static_dir=True,
         remove=("rm", "-f", "-t", "0", "--ignore"),
-        ps_task_format=f'{{{{.ID}}}} {{{{index .Labels "{TASK_ARN_LABEL}"}}}}',
+        ps_task_format=(
+            f'{{{{.ID}}}}|{{{{index .Labels "{TASK_ARN_LABEL}"}}}}|{{{{index .Labels "{STATE_DIR_LABEL}"}}}}'
+        ),
         local_pull_options=("--tls-verify=false", "--authfile", "{authfile}"),
     ),
     "docker": _Dialect(
         network="bridge",
         init_in_static_dir=False,
         remove=("rm", "-f"),
-        ps_task_format=f'{{{{.ID}}}} {{{{.Label "{TASK_ARN_LABEL}"}}}}',
+        ps_task_format=f'{{{{.ID}}}}|{{{{.Label "{TASK_ARN_LABEL}"}}}}|{{{{.Label "{STATE_DIR_LABEL}"}}}}',
         local_pull_options=(),
     ),
 }
@@ -294,10 +299,14 @@ class ContainerLauncher:
         work_dir: Path,
         on_log: Callable[[str], None] | None = None,
         registry: LocalEcr | None = None,
+        state_dir: Path | None = None,
     ) -> None:
-        """`registry`: the stack's local ECR, which serves the ECR URIs of its account and region."""
+        """`registry`: the stack's local ECR, which serves the ECR URIs of its account and region; `state_dir`: the
+        stack's state folder, which its containers name, so that two stacks of one name on two folders never take
+        each other's containers for strays."""
         self.engine = engine
         self.registry = registry
+        self.state_dir = state_dir
         self.dialect = _DIALECTS.get(engine.name, _DIALECTS["docker"])
         self.stack_name = stack_name
         self.region = region
@@ -459,6 +468,7 @@ class ContainerLauncher:
             self.label,
             "--label",
             f"{TASK_ARN_LABEL}={task.task_arn}",
+            *(("--label", f"{STATE_DIR_LABEL}={self.state_dir}") if self.state_dir is not None else ()),
             "--memory",
             memory,
             "--memory-swap",
@@ -560,10 +570,18 @@ class ContainerLauncher:
             raise RuntimeError(f"could not list the containers labelled {self.label}: {_said(listed)}")
         strays = []
         for line in listed.stdout.splitlines():
-            container_id, _, task_arn = line.strip().partition(" ")
-            if container_id:
+            container_id, task_arn, state_dir = [*line.strip().split("|", 2), "", ""][:3]
+            if container_id and self._ours_or_abandoned(state_dir):
                 strays.append(Stray(f"container {container_id[:12]}", container_id, task_arn.strip()))
         return strays
+
+    def _ours_or_abandoned(self, state_dir: str) -> bool:
+        """Whether a container of this stack's name that names `state_dir` is this launcher's to sweep: it is this
+        stack's (or names no folder), or the folder it names is gone. A container of another state folder that is
+        still there belongs to the stack that runs (or will run again) on it, which re-adopts it."""
+        if not state_dir or self.state_dir is None or Path(state_dir) == self.state_dir:
+            return True
+        return not (Path(state_dir) / DATABASE).exists()
 
     def remove_stray(self, stray: Stray) -> bool:
         return self._remove(stray.key)

@@ -9,7 +9,7 @@ import sys
 from taskrunner_local.client import TaskRunnerClient
 from taskrunner_local.config import LocalConfig
 from taskrunner_local.images import PYTHON_IMAGE
-from taskrunner_local.persistence.folder import StateFolderBusy
+from taskrunner_local.persistence.folder import StateFolderBusy, StateUnusable
 from taskrunner_local.persistence.snapshots import SnapshotFormatError
 from taskrunner_local.stack import LocalStack
 
@@ -46,7 +46,7 @@ def demo(config: LocalConfig) -> int:
     choice = announce(config)
     try:
         stack = LocalStack(config, choice).start()
-    except (StateFolderBusy, SnapshotFormatError) as error:
+    except (StateFolderBusy, StateUnusable, SnapshotFormatError) as error:
         sys.exit(f"error: {error}")
     try:
         client = TaskRunnerClient(stack.api_url)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,16 +23,18 @@ from taskrunner_local.gateway import Gateway
 from taskrunner_local.images import BUSYBOX_IMAGE, PYTHON_IMAGE
 from taskrunner_local.persistence.durability import Durability
 from taskrunner_local.persistence.executions import ExecutionsPart
-from taskrunner_local.persistence.folder import StateFolder
+from taskrunner_local.persistence.folder import StateFolder, StateUnusable
 from taskrunner_local.persistence.lambda_async import DurableAsyncQueue
 from taskrunner_local.persistence.logs import LogsPart
 from taskrunner_local.persistence.s3 import S3Part
 from taskrunner_local.persistence.snapshots import Part
-from taskrunner_local.persistence.store import StateStore
+from taskrunner_local.persistence.store import DATABASE, StateStore
 from taskrunner_local.registry import LocalEcr, RegistryUnavailable
 from taskrunner_local.runtime import FunctionSpec, LambdaRuntime
 from taskrunner_local.sam import SamApp
-from taskrunner_local.scheduler import SchedulerTicker
+from taskrunner_local.scheduler import SchedulerTicker  # (puts the layer's package on the path)
+
+from taskrunner.service import ECS_GROUP_PREFIX  # isort: skip
 
 
 class EngineUnavailable(RuntimeError):
@@ -114,6 +117,9 @@ def choose_agent_mode(requested: str) -> AgentChoice:
 #: the state store's record of the deployed stack, and of the template it was deployed from
 DEPLOYMENT_META = "deployment"
 TEMPLATE_DIGEST_META = "template-digest"
+STACK_NAME_META = "stack-name"
+#: a file beside the database, written once a stack was deployed in the folder
+DEPLOYED_MARKER = "deployed"
 
 
 def _agent_log(line: str) -> None:
@@ -157,7 +163,10 @@ class LocalStack:
         config = self.config
         try:
             self.folder = StateFolder.open(None if config.ephemeral else config.state_dir, ephemeral=config.ephemeral)
-            self.store = StateStore(self.folder.path, durable=not self.folder.ephemeral)
+            try:
+                self.store = StateStore(self.folder.path, durable=not self.folder.ephemeral)
+            except sqlite3.DatabaseError as error:
+                raise self._damaged(error) from error
             parts: list[Part] = [
                 LogsPart(self.store),
                 S3Part(self.store, self.folder.sub("s3")),
@@ -218,11 +227,36 @@ class LocalStack:
         state folder holds (a first start finds nothing, and begins from an empty account)."""
         from moto.core.base_backend import BackendDict
 
-        assert self.durability is not None and self.store is not None
+        assert self.durability is not None and self.store is not None and self.folder is not None
         BackendDict.reset()  # this process may have run a stack before: start from what the folder says, only
         self.durability.install()
-        if not self.durability.restore():
-            self.store.wipe()  # what a start that died before its first snapshot left
+        try:
+            restored = self.durability.restore()
+        except sqlite3.DatabaseError as error:
+            raise self._damaged(error) from error
+        marker = self.folder.path / DEPLOYED_MARKER
+        if restored:
+            held = self.store.meta(STACK_NAME_META)
+            if held is not None and held != self.config.stack_name:
+                raise StateUnusable(
+                    f"the state folder {self.folder.path} holds the stack {held!r}, not {self.config.stack_name!r}: "
+                    f"start it with TASKRUNNER_STACK_NAME={held}, or give this stack its own folder"
+                )
+            return
+        if marker.exists():
+            raise StateUnusable(
+                f"the state folder {self.folder.path} had a deployed stack ({marker.name}), but its database "
+                f"({DATABASE}) holds none: was it deleted or replaced? Nothing was started, so that nothing more is "
+                "lost; `taskrunner local reset` forgets the folder's state and starts anew"
+            )
+        self.store.wipe()  # what a first start that died before its deployment was complete left
+
+    def _damaged(self, error: Exception) -> StateUnusable:
+        assert self.folder is not None
+        return StateUnusable(
+            f"the state folder's database {self.folder.path / DATABASE} cannot be read ({error}): nothing was started. "
+            "`taskrunner local reset` forgets the folder's state (or move the folder away to keep it)"
+        )
 
     def _deploy(self, app: SamApp) -> Deployment:
         """The deployed stack: restored as it was when the template is unchanged, updated when it changed,
@@ -257,8 +291,11 @@ class LocalStack:
         one finalize path: a task whose execution ended without an ECS task ends FAILED, metered 0."""
         assert self.durability is not None and self.runtime is not None and self.deployment is not None
         interrupted = self.durability.interrupted_executions()
+        # the group names the task (`.sync` may set startedBy itself): `taskrunner:<task id>`
         launched = {
-            task.started_by for cluster_tasks in self.ecs_backend().tasks.values() for task in cluster_tasks.values()
+            str(task.group).removeprefix(ECS_GROUP_PREFIX)
+            for cluster_tasks in self.ecs_backend().tasks.values()
+            for task in cluster_tasks.values()
         }
         not_launched = [execution for execution in interrupted if execution["name"] not in launched]
         report = self.runtime.invoke(
@@ -278,9 +315,12 @@ class LocalStack:
             self.state_lines.append(f"the reconciler settled {result['settled']} task(s) left unfinished")
 
     def _remember(self, deployment: Deployment, digest: str) -> None:
-        assert self.store is not None
+        assert self.store is not None and self.folder is not None
         self.store.set_meta(DEPLOYMENT_META, deployment.to_json())
         self.store.set_meta(TEMPLATE_DIGEST_META, digest)
+        self.store.set_meta(STACK_NAME_META, deployment.stack_name)
+        # outside the database: a folder whose database lost its stack is told apart from a new one
+        (self.folder.path / DEPLOYED_MARKER).write_text(f"{deployment.stack_name}\n")
 
     def _start_registry(self) -> None:
         """The local ECR's registry, after the AWS endpoint (it answers from moto's ECR); without
@@ -330,6 +370,7 @@ class LocalStack:
                 work_dir=self.folder.sub("containers"),
                 on_log=_agent_log,
                 registry=self.ecr,
+                state_dir=self.folder.path,
             )
         self.agent = FargateAgent(
             AwsInside(config.account, config.region),

@@ -43,6 +43,11 @@ class StateFolderBusy(RuntimeError):
     """Another running stack owns the state folder."""
 
 
+class StateUnusable(RuntimeError):
+    """The state folder cannot be used as it is (not a folder, not writable, a damaged database, another stack's
+    state): the stack does not start, and touches nothing, rather than lose what the folder holds."""
+
+
 class StateFolder:
     def __init__(self, path: Path, *, ephemeral: bool = False) -> None:
         self.path = path
@@ -59,7 +64,13 @@ class StateFolder:
         if path is None:
             raise ValueError("a durable stack needs a state folder")
         folder = cls(path.resolve(), ephemeral=ephemeral)
-        folder._lock()
+        try:
+            folder._lock()
+        except OSError as error:
+            raise StateUnusable(
+                f"the state folder {folder.path} cannot be used: {error.strerror or error} (TASKRUNNER_STATE_DIR or "
+                "--state-dir chooses another)"
+            ) from error
         return folder
 
     def _lock(self) -> None:

@@ -91,3 +91,33 @@ def test_a_changed_template_updates_the_stack_and_keeps_its_tasks(tmp_path: Path
         assert third.state_lines[0] == "stack taskrunner-update restored (template unchanged)"
     finally:
         third.stop()
+
+
+def test_a_folder_of_another_stack_or_whose_database_was_lost_is_refused_untouched(tmp_path: Path) -> None:
+    from taskrunner_local.persistence.folder import StateUnusable
+
+    root, state = project_copy(tmp_path), tmp_path / "state"
+    stack_on(root, state).stop()
+    # Another stack name on this folder: refused, naming the stack the folder holds
+    other = LocalConfig(
+        api_port=free_port(),
+        aws_port=free_port(),
+        registry_port=free_port(),
+        stack_name="another",
+        root=root,
+        state_dir=state,
+        ephemeral=False,
+        agent_mode="process",
+        echo_function_logs=False,
+    )
+    with pytest.raises(StateUnusable, match="holds the stack 'taskrunner-update'"):
+        LocalStack(other).start()
+    # A database that lost its stack (deleted): refused, not started anew as if the folder were new
+    for database in state.glob("state.sqlite3*"):
+        database.unlink()
+    with pytest.raises(StateUnusable, match="was it deleted or replaced"):
+        stack_on(root, state)
+    # Garbage in its place: refused, with what is wrong
+    (state / "state.sqlite3").write_bytes(b"not a database" * 1000)
+    with pytest.raises(StateUnusable, match="cannot be read"):
+        stack_on(root, state)

@@ -226,3 +226,32 @@ def test_a_foreign_architecture_cannot_start_without_emulation(
     with pytest.raises(StartError) as raised:
         platform_option(architecture, machine, binfmt_dir=tmp_path)
     assert str(raised.value) == message
+
+
+def test_containers_of_another_stack_of_the_same_name_are_not_strays(tmp_path: Path) -> None:
+    """Two stacks of one name on two state folders: each sweeps only its own containers (and those of folders that
+    are gone), never the other's, which the other re-adopts."""
+    from taskrunner_local.containers import ContainerLauncher
+    from taskrunner_local.engine import Engine
+    from taskrunner_local.persistence.store import DATABASE
+
+    ours, theirs, gone = tmp_path / "ours", tmp_path / "theirs", tmp_path / "gone"
+    for folder in (ours, theirs):
+        folder.mkdir()
+        (folder / DATABASE).write_bytes(b"")
+    listing = "\n".join(
+        [
+            f"c1|{arn('mine')}|{ours}",
+            f"c2|{arn('theirs')}|{theirs}",
+            f"c3|{arn('orphan')}|{gone}",
+            f"c4|{arn('old')}|",  # made before containers named their folder
+        ]
+    )
+    engine = Engine(name="podman", executable="podman")
+    launcher = ContainerLauncher(
+        engine, stack_name="taskrunner", region="us-east-1", work_dir=tmp_path / "w", state_dir=ours
+    )
+    launcher.engine = SimpleNamespace(  # type: ignore[assignment]
+        run=lambda *args, **kwargs: SimpleNamespace(returncode=0, stdout=listing, stderr=""), name="podman"
+    )
+    assert [stray.key for stray in launcher.strays()] == ["c1", "c3", "c4"]
