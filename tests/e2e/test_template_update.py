@@ -26,19 +26,23 @@ def project_copy(tmp_path: Path) -> Path:
     return root
 
 
-def stack_on(root: Path, state: Path) -> LocalStack:
-    config = LocalConfig(
+def config_on(root: Path, state: Path, stack_name: str = "taskrunner-update") -> LocalConfig:
+    """A durable stack of the project copy at `root`, on the state folder `state`, in process mode."""
+    return LocalConfig(
         api_port=free_port(),
         aws_port=free_port(),
         registry_port=free_port(),
-        stack_name="taskrunner-update",
+        stack_name=stack_name,
         root=root,
         state_dir=state,
         ephemeral=False,
         agent_mode="process",
         echo_function_logs=False,
     )
-    return LocalStack(config).start()
+
+
+def stack_on(root: Path, state: Path) -> LocalStack:
+    return LocalStack(config_on(root, state)).start()
 
 
 def test_a_changed_template_updates_the_stack_and_keeps_its_tasks(tmp_path: Path) -> None:
@@ -99,17 +103,7 @@ def test_a_folder_of_another_stack_or_whose_database_was_lost_is_refused_untouch
     root, state = project_copy(tmp_path), tmp_path / "state"
     stack_on(root, state).stop()
     # Another stack name on this folder: refused, naming the stack the folder holds
-    other = LocalConfig(
-        api_port=free_port(),
-        aws_port=free_port(),
-        registry_port=free_port(),
-        stack_name="another",
-        root=root,
-        state_dir=state,
-        ephemeral=False,
-        agent_mode="process",
-        echo_function_logs=False,
-    )
+    other = config_on(root, state, stack_name="another")
     with pytest.raises(StateUnusable, match="holds the stack 'taskrunner-update'"):
         LocalStack(other).start()
     # A database that lost its stack (deleted): refused, not started anew as if the folder were new
