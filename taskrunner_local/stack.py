@@ -117,7 +117,6 @@ def choose_agent_mode(requested: str) -> AgentChoice:
 #: the state store's record of the deployed stack, and of the template it was deployed from
 DEPLOYMENT_META = "deployment"
 TEMPLATE_DIGEST_META = "template-digest"
-STACK_NAME_META = "stack-name"
 #: a file beside the database, written once a stack was deployed in the folder
 DEPLOYED_MARKER = "deployed"
 
@@ -236,7 +235,8 @@ class LocalStack:
             raise self._damaged(error) from error
         marker = self.folder.path / DEPLOYED_MARKER
         if restored:
-            held = self.store.meta(STACK_NAME_META)
+            saved = self.store.meta(DEPLOYMENT_META)
+            held = Deployment.from_json(saved).stack_name if saved is not None else None
             if held is not None and held != self.config.stack_name:
                 raise StateUnusable(
                     f"the state folder {self.folder.path} holds the stack {held!r}, not {self.config.stack_name!r}: "
@@ -318,7 +318,6 @@ class LocalStack:
         assert self.store is not None and self.folder is not None
         self.store.set_meta(DEPLOYMENT_META, deployment.to_json())
         self.store.set_meta(TEMPLATE_DIGEST_META, digest)
-        self.store.set_meta(STACK_NAME_META, deployment.stack_name)
         # outside the database: a folder whose database lost its stack is told apart from a new one
         (self.folder.path / DEPLOYED_MARKER).write_text(f"{deployment.stack_name}\n")
 
