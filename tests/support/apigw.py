@@ -7,6 +7,9 @@ import json
 from typing import Any
 from urllib.parse import urlencode
 
+#: the authorizer context of the deployment's admin key (taskrunner.tenants.authorizer_context)
+ADMIN_PRINCIPAL: dict[str, Any] = {"tenant": "default", "admin": True, "key_id": "admin"}
+
 ROUTES = [
     ("POST", "/tasks"),
     ("GET", "/tasks"),
@@ -22,6 +25,13 @@ ROUTES = [
     ("PUT", "/schedules/{name}"),
     ("DELETE", "/schedules/{name}"),
     ("POST", "/schedules/{name}/run"),
+    ("POST", "/tenants"),
+    ("GET", "/tenants"),
+    ("GET", "/tenants/{name}"),
+    ("PUT", "/tenants/{name}"),
+    ("DELETE", "/tenants/{name}"),
+    ("POST", "/tenants/{name}/keys"),
+    ("DELETE", "/tenants/{name}/keys/{key_id}"),
 ]
 
 
@@ -50,7 +60,10 @@ def http_event(
     headers: dict[str, str] | None = None,
     query: dict[str, str] | None = None,
     base64_body: bool = False,
+    principal: dict[str, Any] | None = ADMIN_PRINCIPAL,
 ) -> dict[str, Any]:
+    """An event as API Gateway hands it to the API function; `principal` is the Lambda authorizer's context
+    (`requestContext.authorizer.lambda`), None for no authorizer context at all."""
     route_key, path_params = _route_key(method, path)
     raw_body = body if isinstance(body, str) or body is None else json.dumps(body)
     all_headers = {"host": "api.example.com", "user-agent": "curl/8.5.0", "accept": "*/*"}
@@ -86,7 +99,26 @@ def http_event(
             "stage": "$default",
             "time": "27/Nov/2026:22:23:21 +0000",
             "timeEpoch": 1795818201000,
+            **({"authorizer": {"lambda": dict(principal)}} if principal is not None else {}),
         },
         "body": raw_body,
         "isBase64Encoded": base64_body,
+    }
+
+
+def authorizer_event(method: str, path: str, *, authorization: str) -> dict[str, Any]:
+    """The event an HTTP API Lambda authorizer gets (payload format 2.0, type REQUEST) for a request carrying the
+    Authorization header `authorization` (its identity source)."""
+    request = http_event(method, path, headers={"Authorization": authorization}, principal=None)
+    context = request["requestContext"]
+    return {
+        "version": "2.0",
+        "type": "REQUEST",
+        "routeArn": f"arn:aws:execute-api:us-east-1:{context['accountId']}:{context['apiId']}/$default/{method}{path}",
+        "identitySource": [authorization],
+        **{key: request[key] for key in ("routeKey", "rawPath", "rawQueryString", "cookies", "headers")},
+        "queryStringParameters": request["queryStringParameters"],
+        "requestContext": context,
+        "pathParameters": request["pathParameters"],
+        "stageVariables": None,
     }

@@ -6,9 +6,10 @@ delivers for "ECS Task State Change"; the function inputs follow what the state 
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
-from tests.support.apigw import http_event
+from tests.support.apigw import ADMIN_PRINCIPAL, authorizer_event, http_event
 from tests.support.stack import ROOT
 
 TASK_ID = "01JDQ5ZC8W0000000000000000"
@@ -31,32 +32,55 @@ NIGHTLY = {
 }
 
 
+#: the caller of the sample events: the authorizer's context for an admin key (`sam local invoke` and the function
+#: get the request as API Gateway hands it on, authorized)
+SAMPLE_ADMIN = {**ADMIN_PRINCIPAL, "key_id": "sample"}
+#: a tenant's own key, which may not administer tenants
+SAMPLE_TENANT_CALLER = {"tenant": "acme", "admin": False, "key_id": "sample"}
+ACME = {"name": "acme", "quotas": {"max_running_tasks": 2, "max_vcpu": 2, "max_memory_gib": 4}}
+UNKNOWN_KEY_ID = "abcdefghijkl"
+#: a task token as Step Functions hands one to a `.waitForTaskToken` state (opaque, up to 2,048 characters)
+SAMPLE_TASK_TOKEN = "AQCEAAAAKgAAAAMAAAAAAAAAAeMtAZhkRf6fIOPSw3ex2lQIqwOEMmrE9jx6cXG5ZDptsaN3sample"
+
+
 def api_events() -> dict[str, dict]:
     hello = {"image": "python:3.12-slim", "command": ["sh", "-c", "echo hi"], "cpu": 256, "memory": 512}
+    event = partial(http_event, principal=SAMPLE_ADMIN)
+    public = partial(http_event, principal=None)  # routes without an authorizer: no authorizer context
     return {
-        "post_task.json": http_event("POST", "/tasks", body=hello),
-        "post_task_idempotent.json": http_event(
+        "post_task.json": event("POST", "/tasks", body=hello),
+        "post_task_unauthenticated.json": http_event("POST", "/tasks", body=hello, principal=None),
+        "post_task_idempotent.json": event(
             "POST", "/tasks", body=hello, headers={"Idempotency-Key": "nightly-report-2026-11-27"}
         ),
-        "post_task_invalid_memory.json": http_event("POST", "/tasks", body={"image": "x", "cpu": 256, "memory": 4096}),
-        "post_task_malformed_json.json": http_event("POST", "/tasks", body='{"image": "x",'),
-        "get_task.json": http_event("GET", f"/tasks/{TASK_ID}"),
-        "list_tasks.json": http_event("GET", "/tasks", query={"status": "RUNNING", "limit": "10"}),
-        "cancel_task.json": http_event("POST", f"/tasks/{TASK_ID}/cancel"),
-        "get_task_logs.json": http_event("GET", f"/tasks/{TASK_ID}/logs", query={"limit": "50"}),
-        "get_usage.json": http_event("GET", "/usage", query={"from": "2026-11-01", "to": "2026-11-30"}),
-        "get_openapi.json": http_event("GET", "/openapi.json"),
-        "get_docs.json": http_event("GET", "/docs"),
-        "post_schedule.json": http_event("POST", "/schedules", body=NIGHTLY),
-        "post_schedule_unix_cron.json": http_event(
+        "post_task_invalid_memory.json": event("POST", "/tasks", body={"image": "x", "cpu": 256, "memory": 4096}),
+        "post_task_malformed_json.json": event("POST", "/tasks", body='{"image": "x",'),
+        "get_task.json": event("GET", f"/tasks/{TASK_ID}"),
+        "list_tasks.json": event("GET", "/tasks", query={"status": "RUNNING", "limit": "10"}),
+        "cancel_task.json": event("POST", f"/tasks/{TASK_ID}/cancel"),
+        "get_task_logs.json": event("GET", f"/tasks/{TASK_ID}/logs", query={"limit": "50"}),
+        "get_usage.json": event("GET", "/usage", query={"from": "2026-11-01", "to": "2026-11-30"}),
+        "get_openapi.json": public("GET", "/openapi.json"),
+        "get_docs.json": public("GET", "/docs"),
+        "post_schedule.json": event("POST", "/schedules", body=NIGHTLY),
+        "post_schedule_unix_cron.json": event(
             "POST", "/schedules", body={**NIGHTLY, "schedule_expression": "*/5 * * * *"}
         ),
-        "list_schedules.json": http_event("GET", "/schedules", query={"limit": "20"}),
-        "get_schedule.json": http_event("GET", "/schedules/nightly"),
-        "put_schedule.json": http_event("PUT", "/schedules/nightly", body={**NIGHTLY, "enabled": False}),
-        "delete_schedule.json": http_event("DELETE", "/schedules/nightly"),
-        "run_schedule.json": http_event("POST", "/schedules/nightly/run"),
-        "list_tasks_of_schedule.json": http_event("GET", "/tasks", query={"schedule": "nightly"}),
+        "list_schedules.json": event("GET", "/schedules", query={"limit": "20"}),
+        "get_schedule.json": event("GET", "/schedules/nightly"),
+        "put_schedule.json": event("PUT", "/schedules/nightly", body={**NIGHTLY, "enabled": False}),
+        "delete_schedule.json": event("DELETE", "/schedules/nightly"),
+        "run_schedule.json": event("POST", "/schedules/nightly/run"),
+        "list_tasks_of_schedule.json": event("GET", "/tasks", query={"schedule": "nightly"}),
+        "post_tenant.json": event("POST", "/tenants", body=ACME),
+        "post_tenant_not_admin.json": http_event("POST", "/tenants", body=ACME, principal=SAMPLE_TENANT_CALLER),
+        "list_tenants.json": event("GET", "/tenants", query={"limit": "20"}),
+        "get_tenant.json": event("GET", "/tenants/acme"),
+        "put_tenant.json": event("PUT", "/tenants/acme", body={"quotas": {**ACME["quotas"], "max_running_tasks": 4}}),
+        "rotate_tenant_key.json": event("POST", "/tenants/acme/keys", body={"grace_seconds": 3600}),
+        "revoke_tenant_key.json": event("DELETE", f"/tenants/acme/keys/{UNKNOWN_KEY_ID}"),
+        "get_usage_of_tenant.json": event("GET", "/usage", query={"tenant": "acme"}),
+        "disable_tenant.json": event("DELETE", "/tenants/acme"),
     }
 
 
@@ -155,6 +179,8 @@ def function_events() -> dict[str, dict]:
         },
         "finalize/not_started.json": {"task_id": TASK_ID, "outcome": "NOT_STARTED"},
         "stop_task/timeout.json": {"task_id": TASK_ID},
+        # the state machine's WaitForSlot: a queued task's workflow gives its task token ($$.Task.Token)
+        "queue/wait.json": {"action": "wait", "task_id": TASK_ID, "token": SAMPLE_TASK_TOKEN},
         # EventBridge Scheduler runs the reconciler every five minutes with this Input (template.yaml)
         "reconcile/scheduled.json": {"scheduled_time": "2026-11-27T22:30:00Z"},
         # EventBridge Scheduler substitutes <aws.scheduler.scheduled-time> in the target's Input
@@ -163,6 +189,12 @@ def function_events() -> dict[str, dict]:
             "schedule_name": "nightly",
             "scheduled_time": "2027-03-26T02:00:00Z",
         },
+        # API Gateway asks the authorizer about each request's Authorization header: a key of the right form that
+        # no tenant has (it always authorizes; its context says who the caller is, here no one), and Basic auth
+        "authorizer/unknown_key.json": authorizer_event(
+            "GET", "/tasks", authorization=f"Bearer trk_{UNKNOWN_KEY_ID}_{'A' * 43}"
+        ),
+        "authorizer/basic_scheme.json": authorizer_event("GET", "/tasks", authorization="Basic dXNlcjpwYXNzd29yZA=="),
         "scheduled_submit/template_schedule_run.json": {
             "tenant": "default",
             "schedule_name": "example-nightly",

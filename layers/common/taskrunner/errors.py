@@ -73,6 +73,66 @@ class ScheduleAlreadyExists(TaskRunnerError):
         super().__init__(f"schedule {name!r} already exists")
 
 
+class Unauthenticated(TaskRunnerError):
+    """The request carries no valid credentials: no API key, or one that is unknown, expired, revoked or of a
+    disabled tenant. `reason` says which, never echoing the key."""
+
+    code = "UNAUTHENTICATED"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"Authentication failed: {reason}. Send `Authorization: Bearer <api key>`.")
+        self.reason = reason
+
+
+class Forbidden(TaskRunnerError):
+    code = "FORBIDDEN"
+
+    def __init__(self, action: str) -> None:
+        super().__init__(f"Only an admin may {action}")
+
+
+class TenantNotFound(TaskRunnerError):
+    code = "TENANT_NOT_FOUND"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"tenant {name!r} does not exist")
+        self.name = name
+
+
+class TenantAlreadyExists(TaskRunnerError):
+    code = "TENANT_ALREADY_EXISTS"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"tenant {name!r} already exists")
+        self.name = name
+
+
+class TenantDisabled(TaskRunnerError):
+    """Work for a disabled tenant (a scheduled run, say) that no API key brought in."""
+
+    code = "TENANT_DISABLED"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"tenant {name!r} is disabled")
+        self.name = name
+
+
+class AdminTenantCannotBeDisabled(TaskRunnerError):
+    code = "ADMIN_TENANT_CANNOT_BE_DISABLED"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"tenant {name!r} is the admin tenant (the deployment's admin keys belong to it) and cannot be disabled"
+        )
+
+
+class ApiKeyNotFound(TaskRunnerError):
+    code = "API_KEY_NOT_FOUND"
+
+    def __init__(self, tenant: str, key_id: str) -> None:
+        super().__init__(f"tenant {tenant!r} has no API key {key_id!r} that still works")
+
+
 class UnknownPriceRegion(TaskRunnerError):
     """The price table has no Fargate rates for the region the function runs in. Raised when a function builds its
     TaskService (its cold start), so a deployment in a region without prices fails before it meters anything."""

@@ -6,6 +6,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from taskrunner.errors import (
+    AdminTenantCannotBeDisabled,
+    ApiKeyNotFound,
+    Forbidden,
     InvalidParameter,
     OrchestrationUnavailable,
     ScheduleAlreadyExists,
@@ -15,16 +18,27 @@ from taskrunner.errors import (
     TaskAlreadyTerminal,
     TaskNotFound,
     TaskRunnerError,
+    TenantAlreadyExists,
+    TenantDisabled,
+    TenantNotFound,
+    Unauthenticated,
 )
 from taskrunner.models import ErrorBody, ErrorDetail, ErrorResponse
 
 #: status for each domain error; anything not listed is a 500.
 STATUS_BY_ERROR: dict[type[TaskRunnerError], int] = {
+    Unauthenticated: 401,
+    Forbidden: 403,
+    TenantDisabled: 403,
     TaskNotFound: 404,
     ScheduleNotFound: 404,
+    TenantNotFound: 404,
+    ApiKeyNotFound: 404,
     TaskAlreadyTerminal: 409,
     TaskAlreadyExists: 409,
     ScheduleAlreadyExists: 409,
+    TenantAlreadyExists: 409,
+    AdminTenantCannotBeDisabled: 409,
     StaleStatus: 409,
     InvalidParameter: 422,
     OrchestrationUnavailable: 503,
@@ -88,9 +102,11 @@ def validation_error(errors: Sequence[Mapping[str, Any]]) -> tuple[int, dict[str
 ERROR_DESCRIPTIONS = {
     400: "The body is not UTF-8, not JSON, or JSON this API will not parse (error code MALFORMED_BODY or "
     "MALFORMED_JSON)",
-    404: "No such task or schedule for the caller",
-    409: "Conflict: the task is already terminal, the schedule exists, or the Idempotency-Key was used with "
-    "another body",
+    401: "No valid API key: missing, unknown, expired, revoked, or of a disabled tenant (UNAUTHENTICATED)",
+    403: "The caller is not an admin: only admins administer tenants (FORBIDDEN)",
+    404: "No such task, schedule, tenant or API key for the caller (another tenant's ids answer the same)",
+    409: "Conflict: the task is already terminal, the schedule or tenant exists, the admin tenant cannot be "
+    "disabled, or the Idempotency-Key was used with another body",
     413: "The body is larger than 10 MB",
     414: "The request line (path and query string, percent-encoded) is longer than the gateway's 8 KB",
     415: "The body is not JSON (Content-Type)",
@@ -113,9 +129,9 @@ def error_responses(*statuses: int) -> dict[int, Any]:
 
 def with_error_shape_everywhere(document: dict[str, Any]) -> dict[str, Any]:
     """Powertools documents its own 422 body (`{"detail": [...]}`) on every operation; this API answers 422,
-    and 500 on any route, in the one error shape, and the gateway answers 414 on any route whose request line
-    is too long (a query of long non-ASCII values can be, within the parameters' own limits). Declare them as
-    they are."""
+    and 500 on any route, in the one error shape, the gateway answers 414 on any route whose request line
+    is too long (a query of long non-ASCII values can be, within the parameters' own limits), and every
+    documented route answers 401 without a valid API key. Declare them as they are."""
     for path_item in document.get("paths", {}).values():
         for operation in path_item.values():
             if not isinstance(operation, dict) or "responses" not in operation:
@@ -123,7 +139,7 @@ def with_error_shape_everywhere(document: dict[str, Any]) -> dict[str, Any]:
             operation["responses"] = responses = {str(k): v for k, v in operation["responses"].items()}
             if "204" in responses:
                 responses["204"].pop("content", None)  # no body
-            for status in ("414", "422", "500"):
+            for status in ("401", "414", "422", "500"):
                 responses[status] = {
                     "description": ERROR_DESCRIPTIONS[int(status)],
                     "content": {"application/json": {"schema": _ERROR_SCHEMA_REF}},
