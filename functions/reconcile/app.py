@@ -8,9 +8,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field
 from taskrunner.observability import logger, metrics, tracer
-from taskrunner.wiring import TASKS, reconciler, require
+from taskrunner.wiring import SUBMISSION, TASKS, reconciler, require
 
-require(TASKS)  # cold start: fail now, naming any missing environment variable
+require(TASKS, SUBMISSION)  # cold start: fail now, naming any missing environment variable
 
 #: stop taking new tasks when less than this is left of the invocation's time
 RESERVE_MILLIS = 15_000

@@ -14,17 +14,35 @@ from taskrunner.errors import (
     StaleStatus,
     TaskAlreadyExists,
 )
-from taskrunner.models import LogEvent, Metering, Task, TaskStatus
+from taskrunner.fair_queue import COUNTERS, TenantLoad
+from taskrunner.models import LogEvent, Metering, Slot, Task, TaskStatus
 from taskrunner.observation import TaskObservation
 from taskrunner.schedules import Schedule, ScheduleRun
 from taskrunner.service import usage_day
+from taskrunner.tenants import Quotas
 
 
 class InMemoryTaskStore:
+    """Tasks, metering records and tenant items (quotas, enabled, the fair queue's counters) in memory."""
+
     def __init__(self) -> None:
         self.tasks: dict[str, Task] = {}
         self.metering: dict[str, tuple[str, date, Metering]] = {}
         self.status_queries = 0
+        #: tenant items by name: {"quotas": Quotas | None, "enabled": bool, <counter>: int}
+        self.tenant_items: dict[str, dict[str, Any]] = {}
+        #: how many admissions and grants to fail as if the tenant changed in between (then reads agree again)
+        self.lose_tenant_races = 0
+
+    # -- tenants, as the tenant administration writes them
+
+    def put_tenant(self, name: str, quotas: Quotas | None = None, *, enabled: bool = True) -> None:
+        item = self.tenant_items.setdefault(name, dict.fromkeys(COUNTERS, 0))
+        item.update(quotas=quotas, enabled=enabled)
+
+    def counters(self, tenant: str) -> dict[str, int]:
+        item = self.tenant_items.get(tenant, {})
+        return {name: item.get(name, 0) for name in COUNTERS}
 
     def create(self, task: Task) -> None:
         if task.task_id in self.tasks:
@@ -87,7 +105,8 @@ class InMemoryTaskStore:
         data.update(changes)
         if new_status is not None:
             data["status"] = new_status
-        self.tasks[task.task_id] = Task.model_validate(data)
+        bookkeeping = {name: changes.get(name, getattr(stored, name)) for name in ("slot_held", "queue_token")}
+        self.tasks[task.task_id] = Task.model_validate(data).model_copy(update=bookkeeping)
         return copy.deepcopy(self.tasks[task.task_id])
 
     def transition(self, task: Task, new_status: TaskStatus, changes: dict[str, Any]) -> Task:
@@ -100,9 +119,78 @@ class InMemoryTaskStore:
         stored = self.tasks.get(task.task_id)
         if metering_key in self.metering or stored is None or stored.metering is not None:
             raise StaleStatus("already metered")
+        if (stored.slot_held is None) != (task.slot_held is None):
+            raise StaleStatus("granted a slot meanwhile")
         result = self._apply(task, new_status, {**changes, "metering": metering})
         self.metering[metering_key] = (task.tenant, usage_day(metering, datetime.now(UTC)), metering)
+        if task.slot_held is not None:
+            self._add(
+                task.tenant, running_tasks=-1, running_cpu=-task.slot_held.cpu, running_memory=-task.slot_held.memory
+            )
+        elif task.status is TaskStatus.QUEUED:
+            self._add(task.tenant, queued_tasks=-1)
         return result
+
+    # -- the fair queue, with the conditions of DynamoTaskStore's transactions
+
+    def tenant_load(self, tenant: str) -> TenantLoad:
+        item = self.tenant_items.get(tenant, {})
+        quotas = item.get("quotas")
+        return TenantLoad(
+            tenant=tenant,
+            enabled=item.get("enabled", True),
+            quotas=quotas or Quotas(),
+            quotas_as_read=quotas.model_dump() if quotas else None,
+            **self.counters(tenant),
+        )
+
+    def _add(self, tenant: str, **delta: int) -> None:
+        item = self.tenant_items.setdefault(tenant, dict.fromkeys(COUNTERS, 0))
+        for name, amount in delta.items():
+            item[name] = item.get(name, 0) + amount
+
+    def _still(self, load: TenantLoad, slot: Slot, *, nobody_queued: bool) -> bool:
+        if self.lose_tenant_races > 0:
+            self.lose_tenant_races -= 1
+            return False
+        now = self.tenant_load(load.tenant)
+        same_quotas = now.quotas_as_read == load.quotas_as_read
+        return same_quotas and now.fits(slot) and not (nobody_queued and now.queued_tasks > 0)
+
+    def admit(self, task: Task, load: TenantLoad) -> bool:
+        if task.task_id in self.tasks:
+            raise TaskAlreadyExists(task.task_id)
+        if not self._still(load, task.slot_held, nobody_queued=True):
+            return False
+        self.tasks[task.task_id] = copy.deepcopy(task)
+        slot = task.slot_held
+        self._add(task.tenant, running_tasks=1, running_cpu=slot.cpu, running_memory=slot.memory)
+        return True
+
+    def enqueue(self, task: Task) -> None:
+        if task.task_id in self.tasks:
+            raise TaskAlreadyExists(task.task_id)
+        self.tasks[task.task_id] = copy.deepcopy(task)
+        self._add(task.tenant, queued_tasks=1)
+
+    def grant(self, task: Task, slot: Slot, load: TenantLoad, changes: dict[str, Any]) -> bool:
+        stored = self.tasks.get(task.task_id)
+        if stored is None or stored.status is not TaskStatus.QUEUED or stored.slot_held is not None:
+            raise StaleStatus("no longer queued without a slot")
+        if not self._still(load, slot, nobody_queued=False):
+            return False
+        self._apply(stored, None, {**changes, "slot_held": slot})
+        self._add(task.tenant, running_tasks=1, running_cpu=slot.cpu, running_memory=slot.memory, queued_tasks=-1)
+        return True
+
+    def adjust_counters(self, tenant: str, expected: TenantLoad, delta: dict[str, int]) -> bool:
+        if self.counters(tenant) != expected.counters():
+            return False
+        self._add(tenant, **delta)
+        return True
+
+    def tenants(self) -> list[str]:
+        return sorted(self.tenant_items)
 
     def usage(self, tenant: str, start: date, end: date):
         return [(d, m) for t, d, m in self.metering.values() if t == tenant and start <= d <= end]
@@ -130,6 +218,8 @@ class RecordingOrchestrator:
     def __init__(self, fail_with: Exception | None = None) -> None:
         self.started: dict[str, dict[str, Any]] = {}
         self.stopped: list[str] = []
+        self.resumed: list[tuple[str, Any]] = []
+        self.gone: set[str] = set()
         self.fail_with = fail_with
 
     def start(self, name: str, execution_input: dict[str, Any]) -> str:
@@ -140,6 +230,11 @@ class RecordingOrchestrator:
 
     def stop(self, execution_arn: str, cause: str) -> None:
         self.stopped.append(execution_arn)
+
+    def resume(self, token: str, output: Any) -> bool:
+        """Records the resume; a token in `gone` is not waited on any more."""
+        self.resumed.append((token, output))
+        return token not in self.gone
 
 
 class RecordingExecutions:

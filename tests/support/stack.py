@@ -11,6 +11,7 @@ from typing import Any
 
 import boto3
 from samtranslator.yaml_helper import yaml_parse
+from taskrunner.adapters import SLOT_ATTRIBUTE
 from taskrunner.settings import Settings
 
 from taskrunner_local.deploy import render_definition
@@ -93,6 +94,8 @@ class Stack:
             "TasksTableName": self.tasks_table,
             "FinalizeFunctionArn": f"{fn}:finalize",
             "StopTaskFunctionArn": f"{fn}:stop-task",
+            "QueueFunctionArn": f"{fn}:queue",
+            "SlotAttribute": SLOT_ATTRIBUTE,
             "TaskExecutionRoleArn": self.task_execution_role_arn,
             "TaskRoleArn": self.task_role_arn,
             "TaskLogGroup": self.log_group,

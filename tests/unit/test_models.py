@@ -129,7 +129,7 @@ def test_overrides_carry_command_environment_cpu_memory_and_storage():
     assert "EphemeralStorage" not in run_task_overrides(TaskSpec(image="b"))
 
 
-ORDER = [TaskStatus.SUBMITTED, TaskStatus.PROVISIONING, TaskStatus.RUNNING]
+ORDER = [TaskStatus.SUBMITTED, TaskStatus.QUEUED, TaskStatus.PROVISIONING, TaskStatus.RUNNING]
 
 
 @given(st.sampled_from(list(TaskStatus)), st.sampled_from(list(TaskStatus)))

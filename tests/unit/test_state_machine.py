@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+from taskrunner.adapters import SLOT_ATTRIBUTE
 from taskrunner.models import Architecture, Capacity, TaskSpec
 from taskrunner.service import Outcome, TaskService
 from taskrunner.task_definitions import (
@@ -57,6 +58,8 @@ SUBSTITUTIONS: dict[str, str] = {
     "TasksTableName": "taskrunner-tasks",
     "FinalizeFunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:taskrunner-finalize",
     "StopTaskFunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:taskrunner-stop-task",
+    "QueueFunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:taskrunner-queue",
+    "SlotAttribute": SLOT_ATTRIBUTE,
     "TaskExecutionRoleArn": f"arn:aws:iam::{ACCOUNT}:role/taskrunner-task-execution",
     "TaskRoleArn": f"arn:aws:iam::{ACCOUNT}:role/taskrunner-task",
     "TaskLogGroup": "/taskrunner/tasks",
@@ -81,7 +84,7 @@ MACHINE_WRITTEN_KEYS = {
 #: the finalize function's states: it is idempotent, so they may retry whatever it fails with
 FINALIZE_STATES = {
     "Finalize", "FinalizeTaskFailed", "FinalizeError", "FinalizeNotStarted", "FinalizeTimedOut",
-    "FinalizeTimedOutWithoutTask",
+    "FinalizeTimedOutWithoutTask", "FinalizeQueueTimedOut",
 }  # fmt: skip
 
 
@@ -292,7 +295,7 @@ def test_task_results_are_trimmed_with_result_selectors(states: dict[str, dict[s
 
 
 def test_a_task_definition_not_handed_over_is_claimed_and_registered_once(states: dict[str, dict[str, Any]]) -> None:
-    assert states["HasTaskDefinition"]["Choices"] == [
+    assert states["HasTaskDefinition"]["Choices"][1:] == [
         {"Variable": "$.prepared.task_definition_arn", "IsPresent": True, "Next": "MarkProvisioning"}
     ]
     assert states["HasTaskDefinition"]["Default"] == "ClaimRegistration"
@@ -337,7 +340,9 @@ def test_a_cancelled_task_is_not_started(states: dict[str, dict[str, Any]]) -> N
     mark = states["MarkProvisioning"]
     assert mark["Resource"] == "arn:aws:states:::dynamodb:updateItem"
     assert mark["ResultPath"] is None
-    assert mark["Parameters"]["ConditionExpression"] == "#s = :submitted"
+    # a SUBMITTED task holds the slot it was admitted with; a QUEUED one moves on once a dispatch granted it one
+    assert mark["Parameters"]["ConditionExpression"] == "#s = :submitted OR (#s = :queued AND attribute_exists(#slot))"
+    assert mark["Parameters"]["ExpressionAttributeNames"] == {"#s": "status", "#slot": SLOT_ATTRIBUTE}
     assert mark["Catch"][0] == {
         "ErrorEquals": ["DynamoDB.ConditionalCheckFailedException"],
         "ResultPath": "$.error",
@@ -347,7 +352,7 @@ def test_a_cancelled_task_is_not_started(states: dict[str, dict[str, Any]]) -> N
 
 def test_every_lambda_invocation_retries_lambda_service_errors(states: dict[str, dict[str, Any]]) -> None:
     for name, state in states.items():
-        if state.get("Resource") == LAMBDA_INVOKE:
+        if state.get("Resource", "").startswith(LAMBDA_INVOKE):
             assert set(error_names(state["Retry"])) >= LAMBDA_SERVICE_ERRORS, name
             assert all(retrier.get("BackoffRate", 1) > 1 for retrier in state["Retry"]), name
 
@@ -366,6 +371,7 @@ def test_finalize_states_send_the_known_outcomes(states: dict[str, dict[str, Any
         "FinalizeNotStarted": "NOT_STARTED",
         "FinalizeTimedOut": "TIMED_OUT",
         "FinalizeTimedOutWithoutTask": "TIMED_OUT",
+        "FinalizeQueueTimedOut": "QUEUE_TIMED_OUT",
     }
     for name in outcomes:
         assert states[name].get("End") is True, name
@@ -383,7 +389,7 @@ def test_the_stop_polling_loop_is_bounded(states: dict[str, dict[str, Any]]) -> 
 
 
 def lambda_invocations(states: dict[str, dict[str, Any]], path: list[str]) -> int:
-    return sum(states[name].get("Resource") == LAMBDA_INVOKE for name in path)
+    return sum(states[name].get("Resource", "").startswith(LAMBDA_INVOKE) for name in path)  # .waitForTaskToken too
 
 
 def test_a_successful_task_costs_four_transitions_and_one_lambda_invocation(
@@ -394,6 +400,50 @@ def test_a_successful_task_costs_four_transitions_and_one_lambda_invocation(
     assert path == ["HasTaskDefinition", "MarkProvisioning", "RunTask", "Finalize"]
     assert len(path) <= 6
     assert lambda_invocations(states, path) <= 2
+
+
+def queued_path(states: dict[str, dict[str, Any]], after_the_wait: dict[str, str]) -> list[str]:
+    """The states a queued task enters when every Task succeeds: it waits for its slot, then goes on as any task."""
+    assert states["WaitForSlot"]["Next"] == "HasTaskDefinition"
+    return ["HasTaskDefinition", "WaitForSlot", *follow_next(states, "HasTaskDefinition", after_the_wait)]
+
+
+def test_a_queued_task_costs_two_transitions_and_one_invocation_more(states: dict[str, dict[str, Any]]) -> None:
+    # Given a task its tenant's quota had no room for, of an image that has run before
+    path = queued_path(states, {"HasTaskDefinition": "MarkProvisioning"})
+    # Then waiting for its slot costs WaitForSlot and a second HasTaskDefinition, and the queue function's invocation:
+    # still within DESIGN §8's six transitions and two invocations (the wait itself costs nothing, however long)
+    assert path == ["HasTaskDefinition", "WaitForSlot", "HasTaskDefinition", "MarkProvisioning", "RunTask", "Finalize"]
+    assert len(path) <= 6
+    assert lambda_invocations(states, path) == 2
+    # and a task that was admitted at once still costs four transitions and one invocation
+    fast = follow_next(states, "HasTaskDefinition", {"HasTaskDefinition": "MarkProvisioning"})
+    assert len(fast) == 4 and lambda_invocations(states, fast) == 1
+
+
+def test_a_queued_task_waits_for_a_token_under_its_queue_timeout(states: dict[str, dict[str, Any]]) -> None:
+    [queued, *_] = states["HasTaskDefinition"]["Choices"]
+    assert queued == {
+        "And": [
+            {"Variable": "$.queued", "IsPresent": True},
+            {"Variable": "$.queued", "BooleanEquals": True},
+        ],
+        "Next": "WaitForSlot",
+    }
+    wait = states["WaitForSlot"]
+    assert wait["Resource"] == "arn:aws:states:::lambda:invoke.waitForTaskToken"
+    assert wait["Parameters"] == {
+        "FunctionName": SUBSTITUTIONS["QueueFunctionArn"],
+        "Payload": {"action": "wait", "task_id.$": "$.task_id", "token.$": "$$.Task.Token"},
+    }
+    assert wait["TimeoutSecondsPath"] == "$.queue_timeout_seconds" and "TimeoutSeconds" not in wait
+    assert wait["ResultPath"] == "$.queued"  # the dispatch sends false: the Choice then lets the task on
+    assert set(error_names(wait["Retry"])) == LAMBDA_SERVICE_ERRORS  # a retry would wait with a new token
+    assert [(c["ErrorEquals"], c["Next"]) for c in wait["Catch"]] == [
+        (["States.Timeout"], "FinalizeQueueTimedOut"),
+        (["States.ALL"], "FinalizeError"),
+    ]
+    assert states["FinalizeQueueTimedOut"]["Parameters"]["Payload"]["outcome"] == Outcome.QUEUE_TIMED_OUT.value
 
 
 @pytest.mark.parametrize("register", ["RegisterTaskDefinition", "RegisterTaskDefinitionWithStorage"])
@@ -785,6 +835,69 @@ def test_a_failing_stop_still_finalizes_the_task_as_timed_out(execute: Execute) 
 
     assert run.ended
     assert run.entered[-2:] == ["StopOnTimeout", "FinalizeTimedOutWithoutTask"]
+
+
+def queued(execution_input: dict[str, Any]) -> dict[str, Any]:
+    """A sample input as the service sends it for a task that waits for its tenant's quota."""
+    return execution_input | {"queued": True, "queue_timeout_seconds": 600}
+
+
+def test_a_queued_task_waits_for_its_slot_then_runs_as_any_other(execute: Execute) -> None:
+    # Given a queued task (the dispatch that grants its slot completes its token with false)
+    run = execute(
+        queued(load_sample("execution_input.json")),
+        {
+            "WaitForSlot": False,
+            "MarkProvisioning": {},
+            "RunTask": ecs_task(),
+            "Finalize": finalized("SUCCEEDED"),
+        },
+    )
+    # Then it gives the queue function its token, and once resumed runs in the usual four states
+    assert run.ended
+    assert run.entered == [
+        "HasTaskDefinition", "WaitForSlot", "HasTaskDefinition", "MarkProvisioning", "RunTask", "Finalize",
+    ]  # fmt: skip
+    payload = run.parameters("WaitForSlot")["Payload"]
+    assert payload["action"] == "wait" and payload["task_id"] == TASK_ID and payload["token"]
+    assert run.parameters("MarkProvisioning")["ExpressionAttributeValues"][":queued"] == {"S": "QUEUED"}
+
+
+def test_a_task_that_waits_past_its_queue_timeout_is_finalized_as_timed_out_in_the_queue(execute: Execute) -> None:
+    run = execute(
+        queued(load_sample("execution_input.json")),
+        {"WaitForSlot": Raise("States.Timeout"), "FinalizeQueueTimedOut": finalized("TIMED_OUT")},
+    )
+
+    assert run.ended
+    assert run.entered == ["HasTaskDefinition", "WaitForSlot", "FinalizeQueueTimedOut"]
+    payload = run.parameters("FinalizeQueueTimedOut")["Payload"]
+    assert payload["outcome"] == "QUEUE_TIMED_OUT" and payload["error"]["Error"] == "States.Timeout"
+
+
+def test_a_queue_function_that_fails_finalizes_the_task_as_an_error(execute: Execute) -> None:
+    run = execute(
+        queued(load_sample("execution_input.json")),
+        {"WaitForSlot": Raise("TaskNotFound", "no such task"), "FinalizeError": finalized("FAILED")},
+    )
+
+    assert run.ended
+    assert run.entered == ["HasTaskDefinition", "WaitForSlot", "FinalizeError"]
+
+
+def test_a_queued_task_cancelled_while_it_waited_is_not_started(execute: Execute) -> None:
+    # Given a queued task cancelled meanwhile: its wait ends (the queue function resumes it), MarkProvisioning refuses
+    run = execute(
+        queued(load_sample("execution_input.json")),
+        {
+            "WaitForSlot": False,
+            "MarkProvisioning": Raise("DynamoDB.ConditionalCheckFailedException", "The conditional request failed"),
+            "FinalizeNotStarted": finalized("CANCELLED"),
+        },
+    )
+
+    assert run.ended
+    assert run.entered[-2:] == ["MarkProvisioning", "FinalizeNotStarted"]
 
 
 # ----------------------------------------------------------------------------- at scale: task definitions

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
+import random
 import re
 import time
 import zlib
@@ -26,11 +28,14 @@ from taskrunner.errors import (
     StaleStatus,
     TaskAlreadyExists,
 )
-from taskrunner.models import CONTAINER_NAME, LogEvent, Metering, Task, TaskStatus
+from taskrunner.fair_queue import COUNTERS, TenantLoad, cpu_limit, memory_limit, quotas_from_item
+from taskrunner.models import CONTAINER_NAME, LogEvent, Metering, Slot, Task, TaskStatus
 from taskrunner.observability import logger
 from taskrunner.observation import TaskObservation
 from taskrunner.schedules import START_DATE_PAST_LIMIT, Schedule, ScheduleRun
 from taskrunner.service import execution_arn_for, usage_day
+from taskrunner.tenant_store import TENANTS_PARTITION
+from taskrunner.tenants import tenant_key
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -58,6 +63,12 @@ BATCH_GET_ATTEMPTS = 5
 #: CloudWatch Logs' forward and backward tokens of GetLogEvents: a direction and a 56-digit position.
 LOG_TOKEN = re.compile(r"[fb]/[0-9]{56}")
 MAX_KEY_CHARS = 1024  # DynamoDB's limit for a sort key; every key this table writes is far shorter
+#: the task item's attribute that records the slot a task holds of its tenant's quota (the state machine's
+#: MarkProvisioning reads it: a QUEUED task moves on only once it holds one)
+SLOT_ATTRIBUTE = "slot_held"
+#: TransactWriteItems calls for a transaction cancelled only by conflicts with other transactions on its items (the
+#: tenant item is shared by every admission and release of the tenant) or by throttling: 20 ms apart, doubling, jittered
+TRANSACTION_ATTEMPTS = 6
 
 
 def _error_code(exc: ClientError) -> str:
@@ -284,6 +295,10 @@ class DynamoTaskStore:
         )
         if task.schedule:
             data.update(gsi3pk=schedule_runs_partition(task.tenant, task.schedule), gsi3sk=task.task_id)
+        if task.slot_held is not None:  # the fair queue's bookkeeping, which responses leave out
+            data[SLOT_ATTRIBUTE] = task.slot_held.model_dump()
+        if task.queue_token is not None:
+            data["queue_token"] = task.queue_token
         return data
 
     @staticmethod
@@ -442,23 +457,27 @@ class DynamoTaskStore:
             "metering": metering_json,
             "recorded_at": now.isoformat(),
         }
-        try:
-            self.ddb.transact_write_items(
-                TransactItems=[
-                    {
-                        "Put": {
-                            "TableName": self.table,
-                            "Item": _serialize(record),
-                            "ConditionExpression": "attribute_not_exists(pk)",
-                        }
-                    },
-                    {"Update": update},
-                ]
-            )
-        except ClientError as exc:
-            if _error_code(exc) in ("TransactionCanceledException", "ConditionalCheckFailedException"):
-                raise StaleStatus(f"task {task.task_id} changed or was metered meanwhile") from exc
-            raise
+        items: list[dict[str, Any]] = [
+            {
+                "Put": {
+                    "TableName": self.table,
+                    "Item": _serialize(record),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            },
+            {"Update": update},
+        ]
+        # What the task took of its tenant's quota goes back in the same transaction: exactly once, since the
+        # metering record is written once.
+        if task.slot_held is not None:
+            update["ConditionExpression"] += f" AND attribute_exists({SLOT_ATTRIBUTE})"
+            items.append({"Update": self._tenant_update(task.tenant, _slot_delta(task.slot_held, -1))})
+        else:
+            update["ConditionExpression"] += f" AND attribute_not_exists({SLOT_ATTRIBUTE})"
+            if task.status is TaskStatus.QUEUED:
+                items.append({"Update": self._tenant_update(task.tenant, {"queued_tasks": -1})})
+        if self._transact(items) is not None:
+            raise StaleStatus(f"task {task.task_id} changed or was metered meanwhile")
         # The transaction succeeded against exactly `task`: what is stored now is `task` with these changes.
         return task.model_copy(update={**changes, "status": new_status, "metering": metering})
 
@@ -491,11 +510,219 @@ class DynamoTaskStore:
         machine's MarkProvisioning writes it too, so the execution input carries it."""
         return sharded(status_partition(task.tenant, status), task.task_id)
 
+    # -- the fair queue (taskrunner.fair_queue): the tenant item's counters, ADDed only, in transactions
 
-class StepFunctionsOrchestrator:
-    def __init__(self, state_machine_arn: str, client: Any) -> None:
-        self.state_machine_arn = state_machine_arn
+    def tenant_load(self, tenant: str) -> TenantLoad:
+        names = {f"#{name}": name for name in ("quotas", "enabled", *COUNTERS)}
+        item = (
+            self.ddb.get_item(
+                TableName=self.table,
+                Key=tenant_key(tenant),
+                ConsistentRead=True,
+                ProjectionExpression=", ".join(names),
+                ExpressionAttributeNames=names,
+            ).get("Item")
+            or {}
+        )
+        values = _deserialize(item)
+        return TenantLoad(
+            tenant=tenant,
+            enabled=values.get("enabled") is not False,
+            quotas=quotas_from_item(values.get("quotas")),
+            quotas_as_read=item.get("quotas"),
+            **{name: int(values.get(name) or 0) for name in COUNTERS},
+        )
+
+    def admit(self, task: Task, load: TenantLoad) -> bool:
+        assert task.slot_held is not None, "an admitted task holds a slot"
+        tenant_update = self._tenant_update(
+            task.tenant, _slot_delta(task.slot_held, 1), self._fitting(load, task.slot_held, nobody_queued=True)
+        )
+        reasons = self._transact([self._new_task(task), {"Update": tenant_update}])
+        if reasons is None:
+            return True
+        if reasons[0] == "ConditionalCheckFailed":
+            raise TaskAlreadyExists(task.task_id)
+        return False
+
+    def enqueue(self, task: Task) -> None:
+        reasons = self._transact(
+            [self._new_task(task), {"Update": self._tenant_update(task.tenant, {"queued_tasks": 1})}]
+        )
+        if reasons is None:
+            return
+        if reasons[0] == "ConditionalCheckFailed":
+            raise TaskAlreadyExists(task.task_id)
+        raise StaleStatus(f"task {task.task_id} could not be queued: {', '.join(reasons)}")
+
+    def grant(self, task: Task, slot: Slot, load: TenantLoad, changes: dict[str, Any]) -> bool:
+        clause, names, values = self._set_clause({**changes, SLOT_ATTRIBUTE: slot.model_dump()})
+        names["#status"], names["#slot"] = "status", SLOT_ATTRIBUTE
+        values[":queued"] = {"S": TaskStatus.QUEUED.value}
+        task_update = {
+            "TableName": self.table,
+            "Key": task_key(task.task_id),
+            "UpdateExpression": f"SET {clause}",
+            "ConditionExpression": "#status = :queued AND attribute_not_exists(#slot)",
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
+        tenant_update = self._tenant_update(
+            task.tenant, {**_slot_delta(slot, 1), "queued_tasks": -1}, self._fitting(load, slot, nobody_queued=False)
+        )
+        reasons = self._transact([{"Update": task_update}, {"Update": tenant_update}])
+        if reasons is None:
+            return True
+        if reasons[0] == "ConditionalCheckFailed":
+            raise StaleStatus(f"task {task.task_id} is no longer queued without a slot")
+        return False
+
+    def adjust_counters(self, tenant: str, expected: TenantLoad, delta: dict[str, int]) -> bool:
+        conditions, values = [], {}
+        for name, value in expected.counters().items():
+            values[f":was_{name}"] = {"N": str(value)}
+            missing = f"attribute_not_exists(#{name}) OR " if value == 0 else ""
+            conditions.append(f"({missing}#{name} = :was_{name})")
+        names = {f"#{name}": name for name in COUNTERS}
+        update = self._tenant_update(tenant, delta, (" AND ".join(conditions), names, values))
+        try:
+            self.ddb.update_item(**update)
+        except ClientError as exc:
+            if _error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def tenants(self) -> list[str]:
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": LISTING_INDEX,
+            "KeyConditionExpression": "gsi1pk = :tenants",
+            "ExpressionAttributeValues": {":tenants": {"S": TENANTS_PARTITION}},
+        }
+        names: list[str] = []
+        while True:
+            response = self.ddb.query(**request)
+            names += [str(entry["gsi1sk"]["S"]) for entry in response.get("Items", [])]
+            if "LastEvaluatedKey" not in response:
+                return names
+            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def _new_task(self, task: Task) -> dict[str, Any]:
+        return {
+            "Put": {
+                "TableName": self.table,
+                "Item": _serialize(self._task_item(task)),
+                "ConditionExpression": "attribute_not_exists(pk)",
+            }
+        }
+
+    def _tenant_update(
+        self,
+        tenant: str,
+        delta: dict[str, int],
+        condition: tuple[str, dict[str, str], dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """An UpdateItem of the tenant item that ADDs `delta` to its counters (creating the item of a tenant that
+        has none), if `condition` (expression, names, values) holds."""
+        names = {f"#{name}": name for name in delta}
+        values = {f":add_{name}": {"N": str(amount)} for name, amount in delta.items()}
+        update: dict[str, Any] = {
+            "TableName": self.table,
+            "Key": tenant_key(tenant),
+            "UpdateExpression": "ADD " + ", ".join(f"#{name} :add_{name}" for name in delta),
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
+        if condition is not None:
+            expression, more_names, more_values = condition
+            update["ConditionExpression"] = expression
+            names.update(more_names)
+            values.update(more_values)
+        return update
+
+    @staticmethod
+    def _fitting(load: TenantLoad, slot: Slot, *, nobody_queued: bool) -> tuple[str, dict[str, str], dict[str, Any]]:
+        """The condition on the tenant item under which one more task of `slot` is within the quotas `load` read:
+        the quotas are still those, each counter leaves room for the slot, and (for a newcomer) nobody waits."""
+        names = {"#quotas": "quotas"}
+        values: dict[str, Any] = {}
+        if load.quotas_as_read is None:
+            conditions = ["attribute_not_exists(#quotas)"]
+        else:
+            conditions = ["#quotas = :quotas"]
+            values[":quotas"] = load.quotas_as_read
+        for name, limit, amount in (
+            ("running_tasks", load.quotas.max_running_tasks, 1),
+            ("running_cpu", cpu_limit(load.quotas), slot.cpu),
+            ("running_memory", memory_limit(load.quotas), slot.memory),
+        ):
+            if limit is not None:
+                names[f"#{name}"] = name
+                values[f":room_{name}"] = {"N": str(limit - amount)}
+                conditions.append(f"(attribute_not_exists(#{name}) OR #{name} <= :room_{name})")
+        if nobody_queued:
+            names["#queued_tasks"] = "queued_tasks"
+            values[":nobody"] = {"N": "0"}
+            conditions.append("(attribute_not_exists(#queued_tasks) OR #queued_tasks <= :nobody)")
+        return " AND ".join(conditions), names, values
+
+    def _transact(self, items: list[dict[str, Any]]) -> list[str] | None:
+        """Run TransactWriteItems: None when it succeeded, else the cancellation reason of each item (in order:
+        `ConditionalCheckFailed`, `None`, ...). A transaction cancelled only by conflicts or throttling is retried."""
+        reasons: list[str] = []
+        for attempt in range(TRANSACTION_ATTEMPTS):
+            if attempt:
+                time.sleep(random.uniform(0, 0.02 * 2 ** (attempt - 1)))
+            try:
+                self.ddb.transact_write_items(TransactItems=items)
+                return None
+            except ClientError as exc:
+                if _error_code(exc) != "TransactionCanceledException":
+                    raise
+                reasons = [str(r.get("Code") or "None") for r in exc.response.get("CancellationReasons", [])]
+                reasons += ["None"] * (len(items) - len(reasons))
+                if "ConditionalCheckFailed" in reasons or not _PASSING_CANCELLATIONS & set(reasons):
+                    return reasons
+        return reasons
+
+
+#: cancellation reasons of a transaction that may succeed when run again
+_PASSING_CANCELLATIONS = frozenset(
+    {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
+)
+
+
+def _slot_delta(slot: Slot, sign: int) -> dict[str, int]:
+    """The counters' change when a task of `slot` takes (sign 1) or gives back (sign -1) its slot."""
+    return {"running_tasks": sign, "running_cpu": sign * slot.cpu, "running_memory": sign * slot.memory}
+
+
+class TaskTokens:
+    """The task tokens of waiting Task states (`.waitForTaskToken`): completing one resumes its execution. A token
+    needs no state machine ARN, so functions the state machine references may resume executions too."""
+
+    #: SendTaskSuccess errors that mean nobody waits for the token any more: it was delivered already, or its
+    #: execution ended, or the Task state timed out
+    GONE = frozenset({"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"})
+
+    def __init__(self, client: Any) -> None:
         self.sfn = client
+
+    def resume(self, token: str, output: Any) -> bool:
+        try:
+            self.sfn.send_task_success(taskToken=token, output=json.dumps(output))
+        except ClientError as exc:
+            if _error_code(exc) in self.GONE:
+                return False
+            raise
+        return True
+
+
+class StepFunctionsOrchestrator(TaskTokens):
+    def __init__(self, state_machine_arn: str, client: Any) -> None:
+        super().__init__(client)
+        self.state_machine_arn = state_machine_arn
 
     def start(self, name: str, execution_input: dict[str, Any]) -> str:
         try:
@@ -698,6 +925,10 @@ class DynamoScheduleStore:
                 raise
 
 
+#: the longest name EventBridge Scheduler takes
+SCHEDULER_NAME_MAX = 64
+
+
 class EventBridgeScheduler:
     """Each schedule is an EventBridge Scheduler schedule in the stack's group, targeting the scheduled-submission
     function: no flexible window, retries, and a dead-letter queue for runs that could not be delivered."""
@@ -713,7 +944,14 @@ class EventBridgeScheduler:
 
     @staticmethod
     def schedule_name(tenant: str, name: str) -> str:
-        return f"{tenant}.{name}"[:64]
+        """The EventBridge schedule of a tenant's schedule: `<tenant>.<name>`, unique in the group. Scheduler names
+        stop at 64 characters, so a longer one keeps its first 47 and ends in a digest of the whole name (cutting
+        it alone would give two schedules that share their first characters one EventBridge schedule)."""
+        full = f"{tenant}.{name}"
+        if len(full) <= SCHEDULER_NAME_MAX:
+            return full
+        digest = hashlib.sha256(full.encode()).hexdigest()[:16]
+        return f"{full[: SCHEDULER_NAME_MAX - len(digest) - 1]}-{digest}"
 
     def request(self, schedule: Schedule) -> dict[str, Any]:
         target: dict[str, Any] = {

@@ -18,6 +18,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from taskrunner.fargate import MAX_OVERRIDES_JSON_CHARS, VALID_CPU, VALID_MEMORY_BY_CPU
@@ -25,6 +26,8 @@ from taskrunner.fargate import MAX_OVERRIDES_JSON_CHARS, VALID_CPU, VALID_MEMORY
 #: The one container in every task definition this system registers.
 CONTAINER_NAME = "main"
 DEFAULT_TENANT = "default"
+#: the longest a task may run, and the longest it may wait in the queue (14 days)
+MAX_TIMEOUT_SECONDS = 1_209_600
 
 
 class Architecture(StrEnum):
@@ -39,6 +42,8 @@ class Capacity(StrEnum):
 
 class TaskStatus(StrEnum):
     SUBMITTED = "SUBMITTED"
+    #: waiting for its tenant's quota (taskrunner.fair_queue): after SUBMITTED, before PROVISIONING
+    QUEUED = "QUEUED"
     PROVISIONING = "PROVISIONING"
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
@@ -58,12 +63,13 @@ class TaskStatus(StrEnum):
 TERMINAL_STATUSES = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED})
 _RANK = {
     TaskStatus.SUBMITTED: 0,
-    TaskStatus.PROVISIONING: 1,
-    TaskStatus.RUNNING: 2,
-    TaskStatus.SUCCEEDED: 3,
-    TaskStatus.FAILED: 3,
-    TaskStatus.TIMED_OUT: 3,
-    TaskStatus.CANCELLED: 3,
+    TaskStatus.QUEUED: 1,
+    TaskStatus.PROVISIONING: 2,
+    TaskStatus.RUNNING: 3,
+    TaskStatus.SUCCEEDED: 4,
+    TaskStatus.FAILED: 4,
+    TaskStatus.TIMED_OUT: 4,
+    TaskStatus.CANCELLED: 4,
 }
 
 # A container image reference: [registry[:port]/]path[:tag][@digest], lower-case path components. As in
@@ -180,7 +186,16 @@ class TaskSpec(BaseModel):
         Capacity.ON_DEMAND
     )
     ephemeral_storage_gib: Annotated[int, Field(ge=20, le=200)] = 20
-    timeout_seconds: Annotated[int, Field(ge=1, le=1_209_600)] = 3600
+    timeout_seconds: Annotated[int, Field(ge=1, le=MAX_TIMEOUT_SECONDS)] = 3600
+    queue_timeout_seconds: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=MAX_TIMEOUT_SECONDS,
+            description="How long the task may wait in QUEUED for its tenant's quota before it ends TIMED_OUT "
+            "(billed 0).",
+        ),
+    ] = 86_400
     name: Annotated[PlainText | None, StringConstraints(max_length=128)] = None
     tags: Annotated[
         dict[TagKey, TagValue] | None,
@@ -286,6 +301,19 @@ class Metering(BaseModel):
     price_as_of: date | None = None
 
 
+class Slot(BaseModel):
+    """What a task takes of its tenant's quota while it holds a slot (from admission until it is metered)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cpu: int  # CPU units
+    memory: int  # MiB
+
+    @classmethod
+    def of(cls, spec: TaskSpec) -> Slot:
+        return cls(cpu=spec.cpu, memory=spec.memory)
+
+
 class Task(BaseModel):
     task_id: str
     tenant: str
@@ -308,6 +336,10 @@ class Task(BaseModel):
     metering: Metering | None = None
     schedule: Annotated[str | None, Field(description="The schedule that started this task, if any")] = None
     scheduled_time: datetime | None = None
+    # Bookkeeping of the fair queue (taskrunner.fair_queue), never part of a response: the slot the task holds
+    # (counted in its tenant's counters until it is metered), and the task token its waiting workflow gave.
+    slot_held: SkipJsonSchema[Slot | None] = Field(default=None, exclude=True)
+    queue_token: SkipJsonSchema[str | None] = Field(default=None, exclude=True)
 
 
 class TaskPage(BaseModel):

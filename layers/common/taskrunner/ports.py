@@ -5,13 +5,15 @@ from __future__ import annotations
 from datetime import date
 from typing import Any, Protocol
 
-from taskrunner.models import LogEvent, Metering, Task, TaskStatus
+from taskrunner.fair_queue import TenantLoad
+from taskrunner.models import LogEvent, Metering, Slot, Task, TaskStatus
 from taskrunner.observation import TaskObservation
 
 
 class TaskStore(Protocol):
     def create(self, task: Task) -> None:
-        """Store a new task; never overwrites an existing one (raises TaskAlreadyExists)."""
+        """Store a new task as it is, leaving its tenant's counters alone; never overwrites an existing one (raises
+        TaskAlreadyExists). Submissions go through `admit` or `enqueue`, which count the task in its tenant's quota."""
 
     def get(self, task_id: str) -> Task | None: ...
 
@@ -32,8 +34,39 @@ class TaskStore(Protocol):
         self, task: Task, new_status: TaskStatus, changes: dict[str, Any], metering_key: str, metering: Metering
     ) -> Task:
         """Atomically write the task's one metering record (keyed by `metering_key`, never overwritten)
-        and its final fields. Raises StaleStatus when the stored task is not `task` any more or already
-        carries a metering record."""
+        and its final fields, and give back what it took of its tenant's quota: the slot it holds
+        (`task.slot_held`), or its place in the queue (a QUEUED task without a slot). Raises StaleStatus when the
+        stored task is not `task` any more (its status or whether it holds a slot) or already carries a metering
+        record."""
+
+    # -- the fair queue (taskrunner.fair_queue)
+
+    def tenant_load(self, tenant: str) -> TenantLoad:
+        """The tenant's quotas, whether it is enabled and its counters, read consistently. A tenant without an item
+        (the admin tenant, before its first task) is enabled, has no quotas and nothing in flight."""
+
+    def admit(self, task: Task, load: TenantLoad) -> bool:
+        """Store a new task that holds a slot (`task.slot_held`) and add the slot to its tenant's counters, in one
+        transaction, provided the tenant's quotas are still `load`'s, the slot fits them and nobody is queued.
+        False when that condition failed (read the load again and decide anew); TaskAlreadyExists when the task
+        exists."""
+
+    def enqueue(self, task: Task) -> None:
+        """Store a new QUEUED task without a slot and count it in its tenant's queued_tasks, in one transaction.
+        TaskAlreadyExists when the task exists."""
+
+    def grant(self, task: Task, slot: Slot, load: TenantLoad, changes: dict[str, Any]) -> bool:
+        """Give a QUEUED task without a slot its slot (it stays QUEUED, holding it, with `changes`): the tenant's
+        counters gain the slot and its queue loses the task, in one transaction, provided the tenant's quotas are
+        still `load`'s and the slot fits them. False when the tenant's condition failed (read the load again);
+        StaleStatus when the task is no longer a QUEUED task without a slot."""
+
+    def adjust_counters(self, tenant: str, expected: TenantLoad, delta: dict[str, int]) -> bool:
+        """Add `delta` to the tenant's counters (by TenantLoad field name) provided they are still `expected`'s.
+        False when they changed meanwhile (the reconciler's repair of counters that drifted)."""
+
+    def tenants(self) -> list[str]:
+        """The tenants that have an item (those the tenant administration created), by name, through an index."""
 
     def usage(self, tenant: str, start: date, end: date) -> list[tuple[date, Metering]]:
         """The tenant's metering records whose day falls in [start, end]."""
@@ -72,6 +105,10 @@ class Orchestrator(Protocol):
 
     def stop(self, execution_arn: str, cause: str) -> None:
         """Stop the execution if it is still running."""
+
+    def resume(self, token: str, output: Any) -> bool:
+        """Complete the waiting Task state of `token` with `output` (SendTaskSuccess). False when the token is no
+        longer waited on (it was delivered already, or its execution ended or timed out)."""
 
 
 class Compute(Protocol):

@@ -22,12 +22,15 @@ from taskrunner.errors import (
     TaskAlreadyExists,
     TaskAlreadyTerminal,
     TaskNotFound,
+    TenantDisabled,
 )
+from taskrunner.fair_queue import TenantLoad, larger_than_whole_quota, queue_timeout_reason
 from taskrunner.models import (
     CONTAINER_NAME,
     Capacity,
     LogPage,
     Metering,
+    Slot,
     Task,
     TaskPage,
     TaskSpec,
@@ -37,6 +40,7 @@ from taskrunner.models import (
     UsageRow,
     run_task_overrides,
 )
+from taskrunner.observability import logger
 from taskrunner.observation import TaskObservation
 from taskrunner.ports import Compute, LogReader, Orchestrator, TaskDefinitionCache, TaskStore
 from taskrunner.settings import Settings
@@ -47,6 +51,10 @@ MAX_USAGE_DAYS = 366
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _ID_LENGTH = 26
 _MAX_RACE_RETRIES = 8
+#: queued tasks one dispatch looks at in a page, and grants at most (a release frees one slot; the rest is left to
+#: the next dispatch, the queued tasks' own, or the reconciler's)
+DISPATCH_PAGE_SIZE = 25
+MAX_GRANTS_PER_DISPATCH = 100
 
 
 class Outcome(StrEnum):
@@ -57,7 +65,14 @@ class Outcome(StrEnum):
     TIMED_OUT = "TIMED_OUT"  # States.Timeout on the runTask.sync state
     ERROR = "ERROR"  # anything else (RunTask failures after retries, runtime errors)
     NOT_STARTED = "NOT_STARTED"  # the workflow decided not to run the task (it was cancelled first)
+    QUEUE_TIMED_OUT = "QUEUE_TIMED_OUT"  # States.Timeout while it waited in the queue for its tenant's quota
     EVENT = "EVENT"  # an ECS "Task State Change" event saw the task stop
+
+
+class _Grant(StrEnum):
+    GRANTED = "GRANTED"
+    DOES_NOT_FIT = "DOES_NOT_FIT"  # the head of the queue does not fit: the dispatch stops (first in, first out)
+    GONE = "GONE"  # no longer queued without a slot (granted by another dispatch, or ended): the next one's turn
 
 
 def utcnow() -> datetime:
@@ -157,9 +172,18 @@ class TaskService:
         scheduled_time: datetime | None = None,
     ) -> Task:
         """The one submission path (HTTP, schedules, tests). A caller-chosen `task_id` makes it idempotent:
-        submitting the same id again returns the task that exists."""
+        submitting the same id again returns the task that exists.
+
+        The task is admitted (SUBMITTED, holding a slot of its tenant's quota) when it fits and nobody waits, else
+        queued (QUEUED): its workflow then waits for a dispatch to grant it a slot (taskrunner.fair_queue)."""
         now = self.clock()
         task_id = task_id or self.new_id()
+        load = self.store.tenant_load(tenant)
+        if not load.enabled:
+            raise TenantDisabled(tenant)
+        too_large = larger_than_whole_quota(tenant, load.quotas, spec)
+        if too_large is not None:
+            raise too_large
         task = Task(
             task_id=task_id,
             tenant=tenant,
@@ -173,10 +197,10 @@ class TaskService:
             scheduled_time=scheduled_time,
         )
         try:
-            self.store.create(task)
+            task = self._admit_or_queue(task, load)
         except TaskAlreadyExists:
             task = self._reload(task_id)
-            if task.status is not TaskStatus.SUBMITTED:
+            if task.status not in (TaskStatus.SUBMITTED, TaskStatus.QUEUED):
                 return task
             # A repeated submission whose first attempt may have stopped before starting the workflow: start it
             # (an execution of that name that exists already counts as started).
@@ -187,7 +211,25 @@ class TaskService:
             raise
         return task
 
-    def execution_input(self, task: Task) -> dict[str, Any]:
+    def _admit_or_queue(self, task: Task, load: TenantLoad) -> Task:
+        """Store the new task admitted, holding its slot, or queued. Admission is conditioned on the load it read;
+        when the tenant changed meanwhile it reads again, and after losing too many races it queues the task,
+        which a dispatch then admits in its turn."""
+        slot = Slot.of(task.spec)
+        for _ in range(_MAX_RACE_RETRIES):
+            if not load.admits(slot):
+                break
+            admitted = task.model_copy(update={"slot_held": slot})
+            if self.store.admit(admitted, load):
+                return admitted
+            load = self.store.tenant_load(task.tenant)
+        queued = task.model_copy(update={"status": TaskStatus.QUEUED})
+        self.store.enqueue(queued)
+        return queued
+
+    def execution_input(self, task: Task, *, queue_timeout_seconds: int | None = None) -> dict[str, Any]:
+        """What the task's workflow execution starts with. A QUEUED task's (`queued`) first waits for a slot, at
+        most `queue_timeout_seconds` (the spec's, unless given)."""
         spec = task.spec
         tags = [
             {"Key": "taskrunner:task-id", "Value": task.task_id},
@@ -215,6 +257,8 @@ class TaskService:
             "capacity_provider": "FARGATE_SPOT" if spec.capacity is Capacity.SPOT else "FARGATE",
             "ecs_group": ecs_group(task.task_id),
             "timeout_seconds": spec.timeout_seconds,
+            "queued": task.status is TaskStatus.QUEUED,
+            "queue_timeout_seconds": queue_timeout_seconds or spec.queue_timeout_seconds,
             "tags": tags,
             # MarkProvisioning writes the status index key the store would write (the store decides its layout)
             "status_keys": {"PROVISIONING": self.store.status_key(task, TaskStatus.PROVISIONING)},
@@ -280,6 +324,11 @@ class TaskService:
 
     def cancel(self, tenant: str, task_id: str, reason: str = CANCEL_REASON) -> Task:
         task = self.get(tenant, task_id)
+        if task.status is TaskStatus.QUEUED:
+            cancelled = self._cancel_waiting(task, reason)
+            if cancelled is not None:
+                return cancelled
+            task = self._reload(task_id)  # its workflow moved it on meanwhile: cancel it as one that may run
         task = self._move_to(task, TaskStatus.CANCELLED, reason, raise_if_terminal=True)
         if task.execution_arn:
             self.orchestrator.stop(task.execution_arn, reason)
@@ -289,6 +338,27 @@ class TaskService:
             self.compute.stop_task(ecs_task_arn, reason)
             return self._remember_arn(task, ecs_task_arn)
         return self.finalize(task_id, Outcome.NOT_STARTED, None, reason=reason)
+
+    def _cancel_waiting(self, task: Task, reason: str) -> Task | None:
+        """Cancel a task that waits in the queue: it never ran, so it is finalized at once (billed 0), giving back its
+        place in the queue or the slot a dispatch granted it; then its workflow is stopped. None when the task left
+        QUEUED meanwhile."""
+        for _ in range(_MAX_RACE_RETRIES):
+            if task.status is not TaskStatus.QUEUED:
+                return None
+            changes = self._final_fields(task, TaskStatus.CANCELLED, None, reason)
+            try:
+                cancelled = self.store.finalize(
+                    task, TaskStatus.CANCELLED, changes, f"task/{task.task_id}", self.meter(task, None)
+                )
+            except StaleStatus:
+                task = self._reload(task.task_id)
+                continue
+            if task.execution_arn:
+                self.orchestrator.stop(task.execution_arn, reason)
+            self._dispatch_quietly(task.tenant)
+            return cancelled
+        raise StaleStatus(f"task {task.task_id} kept changing while being cancelled")
 
     def stop_for_timeout(self, task_id: str) -> str | None:
         """Mark the task TIMED_OUT and stop its ECS task. Returns the ECS task ARN, if there is one."""
@@ -418,6 +488,8 @@ class TaskService:
                 # The workflow lost track of a task that ECS is running or ran: its ECS events finish it.
                 return self._remember_arn(task, ecs_task_arn)
             status = self._final_status(task, outcome, observation)
+            if outcome is Outcome.QUEUE_TIMED_OUT and not task.status.terminal:
+                reason = queue_timeout_reason(task.spec.queue_timeout_seconds, self.store.tenant_load(task.tenant))
             changes = self._final_fields(task, status, observation, reason)
             ecs_running = observation is not None and observation.ecs_task_arn and not observation.stopped
             try:
@@ -428,9 +500,12 @@ class TaskService:
                         return self._remember_arn(task, ecs_task_arn) if ecs_task_arn else task
                     return self.store.transition(task, status, changes)
                 metering_key = (observation.ecs_task_arn if observation else None) or f"task/{task_id}"
-                return self.store.finalize(task, status, changes, metering_key, self.meter(task, observation))
+                done = self.store.finalize(task, status, changes, metering_key, self.meter(task, observation))
             except StaleStatus:
                 continue
+            if task.slot_held is not None or task.status is TaskStatus.QUEUED:
+                self._dispatch_quietly(task.tenant)  # its slot, or its place in the queue, was given back
+            return done
         raise StaleStatus(f"task {task_id} kept changing while being finalized")
 
     @staticmethod
@@ -447,7 +522,7 @@ class TaskService:
     def _final_status(task: Task, outcome: Outcome, observation: TaskObservation | None) -> TaskStatus:
         if task.status.terminal:
             return task.status
-        if outcome is Outcome.TIMED_OUT:
+        if outcome in (Outcome.TIMED_OUT, Outcome.QUEUE_TIMED_OUT):
             return TaskStatus.TIMED_OUT
         if outcome is Outcome.NOT_STARTED:
             return TaskStatus.CANCELLED
@@ -482,6 +557,80 @@ class TaskService:
         if changes.get("status_reason") is None:
             changes.pop("status_reason", None)
         return changes
+
+    # ------------------------------------------------------------------ the fair queue
+
+    def wait_for_slot(self, task_id: str, token: str) -> Task:
+        """The workflow of a QUEUED task waits for a slot (its WaitForSlot state): remember the task token that
+        the task's grant completes, then dispatch its tenant. A task that holds a slot already (granted before its
+        workflow got here), or that waits no more (cancelled, say), is resumed at once: its workflow moves on, and
+        MarkProvisioning lets only a task that holds a slot through."""
+        task = self._reload(task_id)
+        for _ in range(_MAX_RACE_RETRIES):
+            if task.status is not TaskStatus.QUEUED:
+                break
+            try:
+                task = self.store.update(task, {"queue_token": token, "updated_at": self.clock()})
+                break
+            except StaleStatus:
+                task = self._reload(task_id)
+        if task.status is not TaskStatus.QUEUED or task.slot_held is not None:
+            self.orchestrator.resume(token, False)
+            return task
+        self.dispatch(task.tenant)
+        return task
+
+    def dispatch(self, tenant: str) -> int:
+        """Grant slots to the tenant's queued tasks, oldest first, while the oldest still waiting fits: first in,
+        first out, so a task that does not fit stops the dispatch and none behind it starts before it. A granted
+        task keeps QUEUED, holding its slot, until its workflow (resumed here with its task token) marks it
+        PROVISIONING. Returns how many were granted."""
+        load = self.store.tenant_load(tenant)
+        granted = 0
+        token: str | None = None
+        while load.queued_tasks > 0 and granted < MAX_GRANTS_PER_DISPATCH:
+            page, token = self.store.list_in_status(tenant, TaskStatus.QUEUED, DISPATCH_PAGE_SIZE, token)
+            for task in page:
+                if task.slot_held is not None:
+                    continue  # granted already, on its way to PROVISIONING
+                load, outcome = self._grant(task, load)
+                if outcome is _Grant.DOES_NOT_FIT:
+                    return granted
+                granted += outcome is _Grant.GRANTED
+            if not token:
+                break
+        return granted
+
+    def _grant(self, task: Task, load: TenantLoad) -> tuple[TenantLoad, _Grant]:
+        slot = Slot.of(task.spec)
+        for _ in range(_MAX_RACE_RETRIES):
+            if not load.fits(slot):
+                return load, _Grant.DOES_NOT_FIT
+            try:
+                if self.store.grant(task, slot, load, {"updated_at": self.clock()}):
+                    self._resume_granted(task.task_id)
+                    return load.with_slot(slot, from_queue=True), _Grant.GRANTED
+            except StaleStatus:
+                return load, _Grant.GONE  # granted by another dispatch, or it ended
+            load = self.store.tenant_load(task.tenant)
+        return load, _Grant.DOES_NOT_FIT  # the tenant keeps changing: the next dispatch goes on
+
+    def _resume_granted(self, task_id: str) -> None:
+        """Resume the workflow of a task just granted its slot, if it has given its token yet (read after the grant:
+        a workflow that gives it later finds the slot itself, see wait_for_slot)."""
+        task = self.store.get(task_id)
+        if task is not None and task.queue_token and not self.orchestrator.resume(task.queue_token, False):
+            logger.warning("a granted task's workflow no longer waits; the reconciler starts it again", task_id=task_id)
+
+    def _dispatch_quietly(self, tenant: str) -> None:
+        """Dispatch after a slot (or a place in the queue) was given back. Its failure must not fail what freed the
+        slot, which is done: the queue's own dispatches and the reconciler's, every few minutes, make up for it."""
+        try:
+            self.dispatch(tenant)
+        except Exception:
+            logger.exception("could not dispatch the tenant's queue", tenant=tenant)
+
+    # ------------------------------------------------------------------ metering
 
     def meter(self, task: Task, observation: TaskObservation | None) -> Metering:
         spec = task.spec

@@ -71,9 +71,14 @@ class Settings(BaseModel):
     reconcile_launch_grace_seconds: int = 900
     #: tasks examined per run at most, and how far back to look for terminal tasks still awaiting their metering
     reconcile_max_tasks: int = 500
-    reconcile_lookback_seconds: int = 1_296_000
-    #: comma-separated tenants whose tasks the reconciler looks at
+    #: (a task may wait 14 days in the queue, then run 14 days: 2 x 1,209,600 s, and a day of grace)
+    reconcile_lookback_seconds: int = 2_505_600
+    #: comma-separated tenants whose tasks the reconciler looks at, besides every tenant that has an item
     reconcile_tenants: str = "default"
+    #: comma-separated SHA-256 hex digests of the deployment's admin API keys (the authorizer's), and the IAM role
+    #: ARNs that are admins when the API uses IAM auth (taskrunner.tenants)
+    admin_api_key_sha256: str = ""
+    admin_principal_arns: str = ""
     #: the resource variables that are set (and not empty), by name; read them through the properties below
     resources: dict[str, str] = Field(default_factory=dict)
 
@@ -97,6 +102,8 @@ class Settings(BaseModel):
                 ("reconcile_max_tasks", "RECONCILE_MAX_TASKS"),
                 ("reconcile_lookback_seconds", "RECONCILE_LOOKBACK_SECONDS"),
                 ("reconcile_tenants", "RECONCILE_TENANTS"),
+                ("admin_api_key_sha256", "ADMIN_API_KEY_SHA256"),
+                ("admin_principal_arns", "ADMIN_PRINCIPAL_ARNS"),
             )
             if env.get(variable)
         }

@@ -21,6 +21,7 @@ from taskrunner.adapters import (
     EventBridgeScheduler,
     StepFunctionsExecutions,
     StepFunctionsOrchestrator,
+    TaskTokens,
 )
 from taskrunner.aws import client
 from taskrunner.models import LogEvent
@@ -30,6 +31,8 @@ from taskrunner.schedules import Schedule, Scheduler, ScheduleService
 from taskrunner.service import TaskService
 from taskrunner.settings import MissingSettings, Settings, get_settings
 from taskrunner.task_definitions import DynamoTaskDefinitionCache
+from taskrunner.tenant_store import DynamoTenantStore
+from taskrunner.tenants import TenantService
 
 # ------------------------------------------------------------------ what each part of the service needs
 
@@ -43,8 +46,9 @@ TASKS = (
     "TASK_EXECUTION_ROLE_ARN",
     "TASK_LOG_GROUP",
 )
-#: starting (and stopping) workflow executions: the submitting functions, ApiFunction and ScheduledSubmitFunction.
-#: In template.yaml the state machine references the other functions, so they cannot be given its ARN.
+#: starting (and stopping) workflow executions: the submitting functions, ApiFunction and ScheduledSubmitFunction, and
+#: the reconciler (it starts the workflow of a queued task again when its execution ended). In template.yaml the state
+#: machine references the other functions, so they cannot be given its ARN.
 SUBMISSION = ("STATE_MACHINE_ARN",)
 #: reading a task's container logs (GET /tasks/{id}/logs)
 LOGS = ("TASK_LOG_GROUP",)
@@ -52,6 +56,8 @@ LOGS = ("TASK_LOG_GROUP",)
 IDEMPOTENCY = ("IDEMPOTENCY_TABLE_NAME",)
 #: creating, updating and deleting EventBridge Scheduler schedules (the schedules API)
 SCHEDULER = ("SCHEDULE_GROUP_NAME", "SCHEDULER_ROLE_ARN", "SCHEDULED_SUBMIT_FUNCTION_ARN", "SCHEDULES_DLQ_ARN")
+#: tenants, their API keys and the IAM principal → tenant items (the tenant administration, the authorizer)
+TENANTS = ("TASKS_TABLE_NAME",)
 
 
 def require(*parts: Iterable[str]) -> Settings:
@@ -65,10 +71,15 @@ def require(*parts: Iterable[str]) -> Settings:
 
 
 class _NoOrchestrator:
-    """The orchestrator of a function without STATE_MACHINE_ARN (it neither starts nor stops executions)."""
+    """The orchestrator of a function without STATE_MACHINE_ARN: it neither starts nor stops executions, but it may
+    resume one that waits for a task token (the fair queue's dispatch), which needs no ARN."""
 
     def __init__(self, settings: Settings) -> None:
         self.who = settings.function_name
+        self.tokens = TaskTokens(client("stepfunctions"))
+
+    def resume(self, token: str, output: Any) -> bool:
+        return self.tokens.resume(token, output)
 
     def start(self, name: str, execution_input: dict[str, Any]) -> str:
         raise MissingSettings(SUBMISSION, self.who)
@@ -151,6 +162,14 @@ def schedule_service() -> ScheduleService:
 
 
 @cache
+def tenant_service() -> TenantService:
+    """The tenant administration and authentication. The authorizer function builds its own the same way: this module
+    imports every adapter of the task service, which the authorizer's cold start should not pay for."""
+    settings = require(TENANTS)
+    return TenantService.from_settings(settings, DynamoTenantStore(settings.tasks_table, client("dynamodb")))
+
+
+@cache
 def reconciler(*, grace_seconds: int | None = None, launch_grace_seconds: int | None = None) -> Reconciler:
     """The reconciler: the task service plus executions read (and stopped) by their ARN, which the tasks record,
     so it needs no STATE_MACHINE_ARN. The grace periods, when given, replace the settings' own."""
@@ -170,6 +189,7 @@ def reset() -> None:
 
     task_service.cache_clear()
     schedule_service.cache_clear()
+    tenant_service.cache_clear()
     reconciler.cache_clear()
     settings_factory.cache_clear()
     reset_clients()

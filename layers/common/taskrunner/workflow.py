@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,3 +43,12 @@ class FinalizeInput(BaseModel):
 
 class StopTaskInput(BaseModel):
     task_id: str
+
+
+class QueueInput(BaseModel):
+    """What the state machine's WaitForSlot state passes to the queue function: the queued task, and the task token
+    a dispatch completes once the task holds a slot."""
+
+    action: Literal["wait"]
+    task_id: str
+    token: str = Field(min_length=1, max_length=2048)
