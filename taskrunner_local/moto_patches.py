@@ -697,6 +697,23 @@ def _patch_logs_page_size() -> list[tuple[Any, str, Any]]:
     return [_replace(LogStream, "get_log_events", get_log_events)]
 
 
+def _patch_sfn_task_tokens_while_starting() -> list[tuple[Any, str, Any]]:
+    """SendTaskSuccess and SendTaskHeartbeat look for the token among RUNNING executions by reading every
+    execution's status, which raises for one created but not started yet (its status is None): a task token
+    sent while any StartExecution is under way fails with a 500. An execution not started has no token."""
+    from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+    def _get_executions(self: Any, execution_status: Any = None) -> list[Any]:
+        return [
+            execution
+            for machine in self.state_machines
+            for execution in machine.executions
+            if execution.exec_status is not None and (execution_status is None or execution_status == execution.status)
+        ]
+
+    return [_replace(StepFunctionsParserBackend, "_get_executions", _get_executions)]
+
+
 def _patch_lambda_cloudformation_update_layers() -> list[tuple[Any, str, Any]]:
     """A CloudFormation update of a function that uses a layer of the same stack crashes: moto's update hands the
     function's `Layers` as the layer version objects its Ref resolved to, where the function expects ARNs (AWS
@@ -857,6 +874,11 @@ def _patch_ecr_batch_delete_image() -> list[tuple[Any, str, Any]]:
 
 
 PATCHES: list[Patch] = [
+    Patch(
+        "sfn-task-tokens-while-starting",
+        "SendTaskSuccess fails with a 500 (AttributeError) while any execution is created but not yet started.",
+        _patch_sfn_task_tokens_while_starting,
+    ),
     Patch(
         "sfn-normalise-parameters",
         "Task states never translate ASL's PascalCase parameters to boto3's names (nor responses back), so "

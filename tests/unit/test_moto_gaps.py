@@ -415,6 +415,22 @@ def test_ecr_batch_delete_image_tells_the_registry(aws: None, applied: bool, mon
         told.assert_not_called()
 
 
+@pytest.mark.parametrize("applied", [False, True])
+def test_task_tokens_are_sent_while_another_execution_is_starting(applied: bool) -> None:
+    from moto.stepfunctions.parser.api import InvalidToken
+    from moto.stepfunctions.parser.backend.execution import Execution
+    from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+    starting = Execution.__new__(Execution)
+    starting.exec_status = None  # created by StartExecution, its worker not started yet
+    backend = StepFunctionsParserBackend("123456789012", REGION)
+    backend.state_machines = [SimpleNamespace(executions=[starting])]  # type: ignore[list-item]
+    with patch_state("sfn-task-tokens-while-starting", applied):
+        expected = InvalidToken if applied else AttributeError  # AWS: the token is nobody's
+        with pytest.raises(expected):
+            backend.send_task_success("token-of-nobody", "false")
+
+
 def test_every_patch_reverts_cleanly() -> None:
     before = {p.name: p.applied for p in moto_patches.PATCHES}
     moto_patches.apply_all()

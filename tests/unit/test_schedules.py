@@ -238,3 +238,14 @@ def test_a_schedule_that_ended_before_it_began_has_no_next_runs(world):
     service, *_ = world
     ended = service.create("default", spec(end_date=NOW - timedelta(days=1)))
     assert ended.next_run_times == [] and service.list_schedules("default", 10, None).items[0].next_run_times == []
+
+
+def test_two_long_schedule_names_never_share_an_eventbridge_schedule():
+    from taskrunner.adapters import SCHEDULER_NAME_MAX, EventBridgeScheduler
+
+    tenant = "t" * 32
+    first, second = "s" * 40 + "a" * 16, "s" * 40 + "b" * 16
+    names = {EventBridgeScheduler.schedule_name(tenant, n) for n in (first, second)}
+    assert len(names) == 2
+    assert all(len(n) <= SCHEDULER_NAME_MAX for n in names)
+    assert EventBridgeScheduler.schedule_name("default", "nightly") == "default.nightly"  # short names as before
