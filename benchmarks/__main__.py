@@ -4,6 +4,7 @@
 - sustained throughput over a burst of tasks, which must all end terminal with exactly one metering record;
 - the API function's cold import, next to a minimal Powertools + pydantic + boto3 handler;
 - the orchestration cost of one successful task (state transitions, Lambda invocations);
+- what authentication adds to a request (the Lambda authorizer's warm invocation, for the admin key and a tenant's);
 - the resident memory of the stack's process (the benchmark runs it in-process: /proc/self/status) when idle,
   and after a burst of tasks that print a lot, part of it as lines far longer than a log event (logs live on disk,
   in the state folder: memory stays flat);
@@ -34,7 +35,15 @@ from typing import Any
 
 from benchmarks import container_mode
 from benchmarks.container_mode import ContainerResult
-from benchmarks.measures import Row, burst, burst_rows, percentile, print_table, timed_submissions
+from benchmarks.measures import (
+    Row,
+    authorizer_ms,
+    burst,
+    burst_rows,
+    percentile,
+    print_table,
+    timed_submissions,
+)
 from taskrunner_local.cli import free_port
 from taskrunner_local.client import TaskRunnerClient
 from taskrunner_local.config import LocalConfig
@@ -173,13 +182,14 @@ def _measure_process_mode(
     args: argparse.Namespace, config: LocalConfig, api_import: list[float], minimal_import: list[float]
 ) -> tuple[list[Row], dict[str, str]]:
     with LocalStack(config) as stack:
-        api = TaskRunnerClient(stack.api_url)
+        api = TaskRunnerClient(stack.api_url, api_key=stack.admin_key)
         api.wait(api.submit({"image": "busybox", "command": ["true"]})["task_id"])  # warm every function
         gc.collect()
         idle = memory_kib()
         spawn = bare_spawn_ms(args.latency_samples)
         latency = submit_to_running_ms(api, args.latency_samples)
         transitions, workflow_lambdas = orchestration_cost(stack, api)
+        authorizer = authorizer_ms(stack, api, args.latency_samples)
         logs = None
         if args.log_burst:
             print(f"log burst: {args.log_burst} tasks x {args.log_burst_mib} MiB…", file=sys.stderr, flush=True)
@@ -215,6 +225,14 @@ def _measure_process_mode(
         ("state transitions per successful task", str(transitions), "≤ 6"),
         ("Lambda invocations by the workflow", str(workflow_lambdas), "≤ 2"),
         ("Lambda invocations by ECS events", "2 (RUNNING, STOPPED)", ""),
+        *(
+            (
+                f"authorizer per request, {label} (p50 / p99)",
+                f"{percentile(ms, 50):.2f} / {percentile(ms, 99):.2f} ms",
+                "",
+            )
+            for label, ms in authorizer.items()
+        ),
         ("stack process RSS, idle", f"{idle['VmRSS'] / 1024:.0f} MiB", ""),
     ]
     if logs is not None:

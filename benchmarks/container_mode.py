@@ -359,7 +359,7 @@ def measure(latency_samples: int, burst_count: int, clients: int, reference_samp
     load_before = os.getloadavg()[0]
     print(f"container mode ({engine.name} {version}): starting the local stack…", file=sys.stderr, flush=True)
     with LocalStack(config) as stack:
-        api = TaskRunnerClient(stack.api_url)
+        api = TaskRunnerClient(stack.api_url, api_key=stack.admin_key)
         for _ in range(3):  # warm every function, and the engine's first container start
             api.wait(api.submit({"image": BUSYBOX_IMAGE, "command": ["true"]})["task_id"])
         print(

@@ -95,6 +95,28 @@ def burst(stack: LocalStack, api: TaskRunnerClient, count: int, clients: int, im
     }
 
 
+def authorizer_ms(stack: LocalStack, api: TaskRunnerClient, samples: int) -> dict[str, list[float]]:
+    """What authentication adds to each request locally (the stack deploys without the authorizer cache, so every
+    request pays it): the authorizer function's warm invocations for the admin key (its digest is in the function's
+    environment: no read) and for a tenant's key (its key and tenant items read from the tasks table)."""
+    assert stack.runtime is not None
+    created = api.http.post(f"{api.base_url}/tenants", json={"name": f"bench-{time.time_ns() % 10**8}"}, timeout=30)
+    created.raise_for_status()
+    timings: dict[str, list[float]] = {}
+    for label, key in (("admin key", stack.admin_key), ("tenant key", created.json()["api_key"])):
+        header = f"Bearer {key}"
+        event = {"version": "2.0", "type": "REQUEST", "routeKey": "GET /tasks", "rawPath": "/tasks"}
+        event |= {"identitySource": [header], "headers": {"authorization": header}, "requestContext": {}}
+        for _ in range(10):  # warm
+            stack.runtime.invoke("AuthorizerFunction", event)
+        timings[label] = []
+        for _ in range(samples):
+            started = time.perf_counter()
+            stack.runtime.invoke("AuthorizerFunction", event)
+            timings[label].append((time.perf_counter() - started) * 1000)
+    return timings
+
+
 Row = tuple[str, str, str]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import socket
 import sys
@@ -55,19 +56,23 @@ def banner(stack: LocalStack) -> str:
     ecr = "".join(f"\n  {line}" for line in stack.ecr_lines())
     assert stack.folder is not None
     state = "".join(f"\n                 {line}" for line in stack.state_lines)
+    assert stack.admin is not None
+    key_file = stack.admin.shown_path()
+    auth = f'-H "Authorization: Bearer $(cat {shlex.quote(key_file)})"'
     return f"""
 taskrunner is up (stack {deployment.stack_name}, everything on this machine)
 
   API            {api}          reference: {api}/docs   OpenAPI: {api}/openapi.json
+  Admin key      {stack.admin_key} (saved in {key_file})
   AWS endpoint   {endpoint}
   Agent mode     {stack.choice.headline()}
   Tasks run as   {stack.agent.launcher.describe()}
   State          {stack.folder.describe()}{state}
 {warnings}
-Run a task:
-  curl -X POST localhost:{port}/tasks -d '{{"image":"{image}","command":["sh","-c","echo hi"]}}'
-  curl localhost:{port}/tasks/<task_id>
-  curl localhost:{port}/tasks/<task_id>/logs
+Run a task (every route but /docs and /openapi.json needs an API key; POST /tenants makes tenants and their keys):
+  curl {auth} -X POST localhost:{port}/tasks -d '{{"image":"{image}","command":["sh","-c","echo hi"]}}'
+  curl {auth} localhost:{port}/tasks/<task_id>
+  curl {auth} localhost:{port}/tasks/<task_id>/logs
 
 Push your own images:{ecr}
 

@@ -7,13 +7,26 @@ from typing import Any
 
 import requests
 
+from taskrunner_local.admin_key import read_admin_key
+
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELLED"}
 
 
+def authenticated_session(api_key: str | None) -> requests.Session:
+    """A requests session that sends `Authorization: Bearer <api_key>` with every request (none without a key)."""
+    session = requests.Session()
+    if api_key is not None:
+        session.headers["Authorization"] = f"Bearer {api_key}"
+    return session
+
+
 class TaskRunnerClient:
-    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 30.0, *, api_key: str | None = None) -> None:
+        """`api_key`: the key every request sends; by default the admin key a local stack wrote into its state
+        folder (TASKRUNNER_STATE_DIR, else `.taskrunner/` here), when there is one."""
         self.base_url = base_url.rstrip("/")
-        self.http = requests.Session()
+        self.api_key = api_key if api_key is not None else read_admin_key()
+        self.http = authenticated_session(self.api_key)
         self.timeout = timeout
 
     def submit(self, spec: dict[str, Any], **headers: str) -> dict[str, Any]:

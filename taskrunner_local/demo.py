@@ -49,7 +49,7 @@ def demo(config: LocalConfig) -> int:
     except (StateFolderBusy, StateUnusable, SnapshotFormatError) as error:
         sys.exit(f"error: {error}")
     try:
-        client = TaskRunnerClient(stack.api_url)
+        client = TaskRunnerClient(stack.api_url, api_key=stack.admin_key)
         print(f"API at {stack.api_url}; submitting three tasks…", flush=True)
         ids = {name: client.submit({**spec, "name": f"demo-{name}"})["task_id"] for name, spec in DEMO_TASKS.items()}
         client.wait(ids["cancelled"], {"RUNNING"})

@@ -113,6 +113,8 @@ class Deployment:
     delivery_stream: str | None = None
     #: the EventBridge Scheduler schedules template.yaml declares: logical id -> schedule ARN
     schedule_arns: dict[str, str] = field(default_factory=dict)
+    #: the parameter values it was deployed with (the template's defaults for the others)
+    parameters: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -212,13 +214,30 @@ class _Resolver:
         return value
 
 
+#: the parameter values every local deployment has: the functions' architecture is this machine's (the template's
+#: default, arm64, is for AWS); the template's defaults for the others: the stack creates the tasks' network (VPC,
+#: subnets, internet gateway, security group) in moto's EC2, as it does on AWS
+LOCAL_PARAMETERS = {"Architecture": "x86_64"}
+
+
 class Deployer:
-    def __init__(self, app: SamApp, session: Any, stack_name: str, region: str, account: str) -> None:
+    def __init__(
+        self,
+        app: SamApp,
+        session: Any,
+        stack_name: str,
+        region: str,
+        account: str,
+        *,
+        parameters: dict[str, str] | None = None,
+    ) -> None:
+        """`parameters`: values for the template's parameters, over LOCAL_PARAMETERS."""
         self.app = app
         self.session = session
         self.stack_name = stack_name
         self.region = region
         self.account = account
+        self.parameters = {**LOCAL_PARAMETERS, **(parameters or {})}
 
     def client(self, service: str) -> Any:
         return self.session.client(service)
@@ -237,24 +256,19 @@ class Deployer:
 
         return artifact_uri
 
-    @staticmethod
-    def _parameters() -> dict[str, Any]:
-        """The template's defaults, as a fresh account deploys it: the stack creates the tasks' network (VPC,
-        subnets, internet gateway, security group) in moto's EC2, as it does on AWS."""
-        return {"Architecture": "x86_64"}
-
     # ------------------------------------------------------------------ deploy
 
     def template_digest(self) -> str:
         """A digest of what a deployment is made from (the template with its state machine definitions, the
-        parameters, the stack's name, account and region): a restart redeploys only when it changed. Function code
-        is not in it: the local Lambda runtime runs the code from its folder, as it is at every start."""
+        parameter values, the stack's name, account and region): a restart redeploys only when it changed (a new
+        admin key is a new AdminApiKeySha256, so an update). Function code is not in it: the local Lambda runtime
+        runs the code from its folder, as it is at every start."""
         packaged = self.app.packaged(lambda logical_id, key, path: f"{logical_id}/{key}", inline_definitions=True)
-        basis = [packaged, self._parameters(), self.stack_name, self.account, self.region]
+        basis = [packaged, self.parameters, self.stack_name, self.account, self.region]
         return hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()
 
     def deploy(self) -> Deployment:
-        parameters = self._parameters()
+        parameters = self.parameters
         transformed = self.app.transform(self._upload_artifacts(), parameters, inline_definitions=True)
         plan = self._plan(transformed)
         outputs, physical_ids = self._create_stack(plan.template, parameters)
@@ -267,7 +281,7 @@ class Deployer:
         """Update a restored stack to the template as it is now, as a CloudFormation stack update does: moto's
         CloudFormation updates the resources it manages; the deferred ones that changed are made again (a state
         machine's definition is updated in place). Returns the deployment and what changed, in a few words."""
-        parameters = self._parameters()
+        parameters = self.parameters
         transformed = self.app.transform(self._upload_artifacts(), parameters, inline_definitions=True)
         before, after = previous.template["Resources"], transformed["Resources"]
         added = sorted(set(after) - set(before))
@@ -342,6 +356,7 @@ class Deployer:
             },
             physical_ids=physical_ids,
             template=transformed,
+            parameters=dict(self.parameters),
         )
         deployment.function_names = {
             k: physical_ids[k] for k, v in plan.template["Resources"].items() if v["Type"] == "AWS::Lambda::Function"

@@ -1,6 +1,9 @@
 """The HTTP API locally: requests become API Gateway HTTP API events (payload format 2.0) for the function
 behind each route of the template's HttpApi events, and the function's answer becomes the response, as
-`sam local start-api` does, without Docker.
+`sam local start-api` does, without Docker. A route behind a Lambda authorizer is authorized first, as API Gateway
+does it: the authorizer function gets the HTTP API authorizer event (payload 2.0, type REQUEST) and its answer
+(`{"isAuthorized": ..., "context": ...}`, kept for the authorizer's TTL by identity values) becomes
+`requestContext.authorizer.lambda` of the route's event.
 
 HTTP itself is waitress's (a production WSGI server): a listen backlog of 1024, SO_REUSEADDR, TCP_NODELAY,
 keep-alive, chunked request bodies decoded, header and body size limits, and bounded worker threads that only
@@ -26,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import parse_qsl, urlsplit
 
 from waitress import wasyncore
@@ -38,7 +41,7 @@ from waitress.utilities import BadRequest, Error
 
 from taskrunner_local.config import ROOT
 from taskrunner_local.runtime import LambdaRuntime
-from taskrunner_local.sam import HttpRoute
+from taskrunner_local.sam import HttpRoute, LambdaAuthorizer
 
 if str(ROOT / "layers" / "common") not in sys.path:  # the layer's error body, the API's one error shape
     sys.path.append(str(ROOT / "layers" / "common"))
@@ -71,6 +74,8 @@ KEEPALIVE_SECONDS = 60
 LINGER_SECONDS = 2.0
 #: worker threads that run functions; further complete requests queue until one is free
 THREADS = 16
+#: authorizer answers kept at most (a cache of answers by API key must not grow with every key a client tries)
+MAX_AUTHORIZER_ANSWERS = 10_000
 #: the response headers waitress (PEP 3333) writes itself and an application must not send
 _HOP_BY_HOP = frozenset(
     (
@@ -326,6 +331,42 @@ def _connection_limit() -> int:
 # ---------------------------------------------------------------------------------------------- the gateway
 
 
+def _is_simple_response(answer: Any) -> TypeGuard[dict[str, Any]]:
+    """A Lambda authorizer's simple response: `isAuthorized` a boolean, `context` (optional) an object."""
+    return (
+        isinstance(answer, dict)
+        and isinstance(answer.get("isAuthorized"), bool)
+        and isinstance(answer.get("context") or {}, dict)
+    )
+
+
+class _AuthorizerAnswers:
+    """Authorizers' answers by identity values, each for its authorizer's TTL, as API Gateway caches them."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._answers: dict[tuple[str, tuple[str, ...]], tuple[float, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, authorizer: LambdaAuthorizer, identity: list[str]) -> dict[str, Any] | None:
+        if authorizer.ttl_seconds <= 0:
+            return None
+        with self._lock:
+            kept = self._answers.get((authorizer.name, tuple(identity)))
+        return kept[1] if kept is not None and kept[0] > self.clock() else None
+
+    def put(self, authorizer: LambdaAuthorizer, identity: list[str], answer: dict[str, Any]) -> None:
+        if authorizer.ttl_seconds <= 0:
+            return
+        now = self.clock()
+        with self._lock:
+            if len(self._answers) >= MAX_AUTHORIZER_ANSWERS:
+                self._answers = {key: kept for key, kept in self._answers.items() if kept[0] > now}
+                while len(self._answers) >= MAX_AUTHORIZER_ANSWERS:  # the oldest first
+                    del self._answers[next(iter(self._answers))]
+            self._answers[(authorizer.name, tuple(identity))] = (now + authorizer.ttl_seconds, answer)
+
+
 class Gateway:
     def __init__(
         self,
@@ -336,6 +377,7 @@ class Gateway:
         port: int,
         max_request_bytes: int,
         account: str = "123456789012",
+        region: str = "us-east-1",
         threads: int = THREADS,
         read_timeout: float = READ_TIMEOUT_SECONDS,
         on_request: Callable[[str], None] | None = None,
@@ -345,6 +387,8 @@ class Gateway:
         self.runtime = runtime
         self.max_request_bytes = max_request_bytes
         self.account = account
+        self.region = region
+        self.authorizer_answers = _AuthorizerAnswers()
         self.on_request = on_request  # one line per request, for the console
         # queueing behind busy worker threads is how a burst is meant to be absorbed: not worth a warning each
         logging.getLogger("waitress.queue").setLevel(logging.ERROR)
@@ -455,6 +499,10 @@ class Gateway:
             path_parameters=path_parameters,
             request_id=request_id,
         )
+        if compiled.route.authorizer is not None:
+            refused = self.authorize(compiled.route.authorizer, event)
+            if refused is not None:
+                return refused
         invocation = self.runtime.invoke(compiled.route.function, event)
         if invocation.error is not None:
             return (
@@ -463,6 +511,50 @@ class Gateway:
                 _error_json("INTERNAL_ERROR", "The function behind this route failed"),
             )
         return self.response(invocation.result)
+
+    def authorize(
+        self, authorizer: LambdaAuthorizer, event: dict[str, Any]
+    ) -> tuple[int, dict[str, str], bytes] | None:
+        """Authorize a route's request as API Gateway does, adding the authorizer's context to `event`; or the
+        response that refuses it. API Gateway answers a request without the identity source 401 without calling
+        the authorizer, an answer of `isAuthorized: false` 403, and a failed authorizer 500, each in its own
+        `{"message": ...}` shape: here they come in the API's one error shape."""
+        json_type = {"content-type": "application/json"}
+        identity = [event["headers"].get(name.lower(), "") for name in authorizer.identity_headers]
+        if not all(identity):
+            needed = ", ".join(authorizer.identity_headers)
+            message = f"This route needs an API key: send the {needed} header, `Authorization: Bearer <api key>`"
+            return 401, json_type, _error_json("UNAUTHENTICATED", message)
+        answer = self.authorizer_answers.get(authorizer, identity)
+        if answer is None:
+            invocation = self.runtime.invoke(authorizer.function, self.authorizer_event(event, identity))
+            answer = invocation.result if invocation.error is None else None
+            if not _is_simple_response(answer):
+                return 500, json_type, _error_json("INTERNAL_ERROR", "The authorizer behind this route failed")
+            self.authorizer_answers.put(authorizer, identity, answer)
+        if answer["isAuthorized"] is not True:
+            return 403, json_type, _error_json("FORBIDDEN", "The authorizer refused this request")
+        event["requestContext"]["authorizer"] = {"lambda": answer.get("context") or {}}
+        return None
+
+    def authorizer_event(self, event: dict[str, Any], identity: list[str]) -> dict[str, Any]:
+        """The HTTP API Lambda authorizer's event (payload format 2.0) for a route's request."""
+        context = event["requestContext"]
+        route_arn = (
+            f"arn:aws:execute-api:{self.region}:{self.account}:{context['apiId']}/{context['stage']}/"
+            f"{context['http']['method']}{event['rawPath']}"
+        )
+        passed_on = ("routeKey", "rawPath", "rawQueryString", "cookies", "headers", "queryStringParameters")
+        return {
+            "version": "2.0",
+            "type": "REQUEST",
+            "routeArn": route_arn,
+            "identitySource": identity,
+            **{key: event[key] for key in passed_on},
+            "requestContext": dict(context),  # the route's gets the authorizer's answer; this one never does
+            "pathParameters": event["pathParameters"],
+            "stageVariables": event["stageVariables"],
+        }
 
     def event(
         self,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from taskrunner_local import moto_patches
+from taskrunner_local.admin_key import ADMIN_KEY_PARAMETER, AdminKey, ensure_admin_key
 from taskrunner_local.agent import FargateAgent, Launcher
 from taskrunner_local.aws_inside import AwsInside
 from taskrunner_local.aws_server import AwsServer, EndpointSession
@@ -31,7 +32,7 @@ from taskrunner_local.persistence.snapshots import Part
 from taskrunner_local.persistence.store import DATABASE, StateStore
 from taskrunner_local.registry import LocalEcr, RegistryUnavailable
 from taskrunner_local.runtime import FunctionSpec, LambdaRuntime
-from taskrunner_local.sam import SamApp
+from taskrunner_local.sam import SamApp, http_routes
 from taskrunner_local.scheduler import SchedulerTicker  # (puts the layer's package on the path)
 
 from taskrunner.service import ECS_GROUP_PREFIX  # isort: skip
@@ -151,6 +152,8 @@ class LocalStack:
         self.durability: Durability | None = None
         #: what the start found in the state folder and did with it, for the banner
         self.state_lines: list[str] = []
+        #: the admin API key, kept in the state folder's admin.key
+        self.admin: AdminKey | None = None
         # what the stop left: the state folder (None when ephemeral) and the tasks still running
         self._stopped_folder: Path | None = None
         self._stopped_ephemeral = True
@@ -178,6 +181,7 @@ class LocalStack:
             moto_patches.HOOKS.on_state_changed = self.durability.changed
             self.session = EndpointSession(config)
             self._start_registry()
+            self.admin = self._admin_key()
             app = SamApp(config.root / "template.yaml")
             self.deployment = self._deploy(app)
             self.runtime = LambdaRuntime(
@@ -199,12 +203,13 @@ class LocalStack:
                         f"{redelivered} asynchronous invocation(s) accepted before the stop redelivered"
                     )
             self.gateway = Gateway(
-                app.http_routes(),
+                http_routes(self.deployment.template, self.deployment.parameters),
                 self.runtime,
                 host=config.host,
                 port=config.api_port,
                 max_request_bytes=config.max_request_bytes,
                 account=config.account,
+                region=config.region,
                 on_request=(lambda line: print(f"[api] {line}", flush=True)) if config.echo_function_logs else None,
             )
             self.gateway.start()
@@ -258,12 +263,38 @@ class LocalStack:
             "`taskrunner local reset` forgets the folder's state (or move the folder away to keep it)"
         )
 
+    def _admin_key(self) -> AdminKey:
+        """The state folder's admin key (a new one when it has none), and what the banner says of it."""
+        assert self.folder is not None and self.durability is not None
+        admin = ensure_admin_key(self.folder)
+        if admin.origin == "made" and self.durability.restored:
+            self.state_lines.append(
+                f"{admin.shown_path()} was missing: a new admin key was made, and the previous one no longer works"
+            )
+        elif admin.origin == "tightened":
+            self.state_lines.append(f"{admin.shown_path()} could be read by others: it is now readable by you only")
+        return admin
+
+    def deployment_parameters(self) -> dict[str, str]:
+        """What the local deployment sets of the template's parameters: the admin key's digest, and no cache of
+        the authorizer's answers, so that a revoked key or a disabled tenant is refused from the next request (on
+        AWS, API Gateway keeps an answer for AuthorizerCacheSeconds)."""
+        assert self.admin is not None
+        return {ADMIN_KEY_PARAMETER: self.admin.sha256, "AuthorizerCacheSeconds": "0"}
+
     def _deploy(self, app: SamApp) -> Deployment:
-        """The deployed stack: restored as it was when the template is unchanged, updated when it changed,
-        deployed when the state folder has none."""
+        """The deployed stack: restored as it was when the template and the parameters are unchanged, updated
+        when they changed, deployed when the state folder has none."""
         assert self.durability is not None and self.store is not None and self.folder is not None
         config = self.config
-        deployer = Deployer(app, self.session, config.stack_name, config.region, config.account)
+        deployer = Deployer(
+            app,
+            self.session,
+            config.stack_name,
+            config.region,
+            config.account,
+            parameters=self.deployment_parameters(),
+        )
         digest = deployer.template_digest()
         saved = self.store.meta(DEPLOYMENT_META)
         if self.durability.restored and saved is not None:
@@ -274,7 +305,9 @@ class LocalStack:
             with self.durability.deferred():
                 deployment, changes = deployer.update(deployment)
                 self._remember(deployment, digest)
-            self.state_lines.append(f"stack {deployment.stack_name} updated: the template changed ({changes})")
+            self.state_lines.append(
+                f"stack {deployment.stack_name} updated: the template or its parameters changed ({changes})"
+            )
             return deployment
         with self.durability.deferred():
             deployment = deployer.deploy()
@@ -527,6 +560,12 @@ class LocalStack:
     def api_url(self) -> str:
         assert self.gateway is not None
         return f"http://{self.config.host}:{self.gateway.port}"
+
+    @property
+    def admin_key(self) -> str:
+        """The admin API key (`Authorization: Bearer <it>`), as the state folder's admin.key holds it."""
+        assert self.admin is not None
+        return self.admin.key
 
     @property
     def aws_endpoint(self) -> str:

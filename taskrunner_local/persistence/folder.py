@@ -103,6 +103,21 @@ class StateFolder:
             removed.append(entry.name)
         return removed
 
+    def write_private(self, name: str, text: str) -> Path:
+        """Write a file of the folder that only its owner may read (mode 0600 from its first byte: it is made
+        with that mode, never widened afterwards), whole or not at all: written beside it and renamed over it."""
+        path = self.path / name
+        partial = path.with_name(f".{name}.partial")
+        partial.unlink(missing_ok=True)
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(descriptor, text.encode())
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(partial, path)
+        return path
+
     def sub(self, name: str) -> Path:
         """A folder inside the state folder, made when missing."""
         path = self.path / name

@@ -4,9 +4,10 @@ import os
 from collections.abc import Iterator
 
 import pytest
+import requests
 
 from taskrunner_local.cli import free_port
-from taskrunner_local.client import TaskRunnerClient
+from taskrunner_local.client import TaskRunnerClient, authenticated_session
 from taskrunner_local.config import AGENT_MODES, LocalConfig
 from taskrunner_local.engine import Engine
 from taskrunner_local.images import BUSYBOX_IMAGE, PYTHON_IMAGE
@@ -62,4 +63,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 @pytest.fixture(scope="session")
 def api(stack: LocalStack) -> TaskRunnerClient:
-    return TaskRunnerClient(stack.api_url)
+    """The API client, as the stack's admin."""
+    return TaskRunnerClient(stack.api_url, api_key=stack.admin_key)
+
+
+@pytest.fixture(scope="session")
+def http(stack: LocalStack) -> requests.Session:
+    """Raw HTTP to the stack's API as its admin: every request sends `Authorization: Bearer <admin key>`."""
+    return authenticated_session(stack.admin_key)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from taskrunner_local.client import TaskRunnerClient
 from taskrunner_local.containers import TASK_ARN_LABEL, ContainerLauncher
@@ -61,13 +60,13 @@ def leftovers(stack: LocalStack, ecs_task_arn: str) -> list[str]:
     return found
 
 
-def all_logs(stack: LocalStack, task_id: str) -> list[str]:
+def all_logs(api: TaskRunnerClient, task_id: str) -> list[str]:
     """Every page of `GET /tasks/{id}/logs`."""
     lines: list[str] = []
     token = None
     for _ in range(1000):
         params = {"limit": "10000", **({"next_token": token} if token else {})}
-        response = requests.get(f"{stack.api_url}/tasks/{task_id}/logs", params=params, timeout=60)
+        response = api.http.get(f"{api.base_url}/tasks/{task_id}/logs", params=params, timeout=60)
         response.raise_for_status()
         page = response.json()
         lines += [event["message"] for event in page["events"]]
@@ -173,7 +172,7 @@ def test_a_line_longer_than_a_log_event_is_split_like_the_awslogs_driver_splits_
     code = f"import sys; sys.stdout.buffer.write(({unit!r} * {count}).encode() + b'\\ndone\\n')"
     task = api.wait(api.submit({"image": PYTHON_IMAGE, "command": ["python3", "-c", code]})["task_id"])
     assert task["status"] == "SUCCEEDED"
-    events = all_logs(stack, task["task_id"])
+    events = all_logs(api, task["task_id"])
     assert events[-1] == "done"
     pieces = events[:-1]
     assert len(pieces) == 5
@@ -209,7 +208,7 @@ def test_a_flood_of_lines_is_held_back_while_the_log_stream_is_stalled_and_arriv
         released.set()
     task = api.wait(task_id, timeout=120)
     assert task["status"] == "SUCCEEDED"
-    assert all_logs(stack, task_id) == [str(i) for i in range(1, 100_001)]
+    assert all_logs(api, task_id) == [str(i) for i in range(1, 100_001)]
 
 
 @pytest.mark.parametrize(

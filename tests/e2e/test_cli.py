@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import uuid
@@ -18,7 +19,7 @@ from taskrunner_local.containers import stack_label
 from taskrunner_local.engine import Engine
 from taskrunner_local.images import BUSYBOX_IMAGE, PYTHON_IMAGE
 from tests.e2e.test_local_stack import processes_with
-from tests.support.local_tasks import process_state, read_banner
+from tests.support.local_tasks import admin_key_in, process_state, read_banner
 
 
 def test_up_serves_the_api_and_ctrl_c_stops_everything() -> None:
@@ -39,7 +40,12 @@ def test_up_serves_the_api_and_ctrl_c_stops_everything() -> None:
         output = read_banner(process, timeout=120)
         banner = "".join(output)
         assert f"http://127.0.0.1:{api_port}" in banner and f"http://127.0.0.1:{aws_port}" in banner
-        assert f"curl -X POST localhost:{api_port}/tasks" in banner and "AWS_ENDPOINT_URL" in banner
+        # the admin key: in the banner, in the state folder for the user alone, and in the banner's examples
+        admin_key, key_file = admin_key_in(banner)
+        assert key_file.read_text() == f"{admin_key}\n"
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert f'curl -H "Authorization: Bearer $(cat {key_file})" -X POST localhost:{api_port}/tasks' in banner
+        assert "AWS_ENDPOINT_URL" in banner
         # the default agent mode, auto: containers where an engine works (else the loud fallback to processes)
         if engine is None:
             assert "agent mode: process (auto: no container engine works:" in banner, banner
@@ -49,7 +55,7 @@ def test_up_serves_the_api_and_ctrl_c_stops_everything() -> None:
             assert f"Agent mode     container (auto: {engine.name} " in banner, banner
             assert f'"image":"{PYTHON_IMAGE}"' in banner
 
-        api = TaskRunnerClient(f"http://127.0.0.1:{api_port}")
+        api = TaskRunnerClient(f"http://127.0.0.1:{api_port}", api_key=admin_key)
         marker = f"cli-{uuid.uuid4().hex}"
         # (busybox's sh execs a last command in place of itself: one after the sleep keeps the marker's shell)
         task_id = api.submit({"image": BUSYBOX_IMAGE, "command": ["sh", "-c", f"sleep 300; : {marker}"]})["task_id"]

@@ -32,7 +32,7 @@ from taskrunner_local.engine import Engine
 from taskrunner_local.images import BUSYBOX_IMAGE, PYTHON_IMAGE
 from tests.support.child_process import ChildProcess
 from tests.support.engine import engine_or_skip
-from tests.support.local_tasks import UP_BANNER_END, processes_with, read_banner, wait_until
+from tests.support.local_tasks import UP_BANNER_END, admin_key_in, processes_with, read_banner, wait_until
 
 STOP_TIMEOUT_SECONDS = 3
 START_TIMEOUT_SECONDS = 120
@@ -92,9 +92,8 @@ def container_stack() -> Iterator[ContainerStack]:
         output = read_banner(process, timeout=START_TIMEOUT_SECONDS)
         banner = "".join(output)
         assert UP_BANNER_END in banner, banner
-        yield ContainerStack(
-            TaskRunnerClient(f"http://127.0.0.1:{api_port}"), api_port, aws_port, engine, label, banner
-        )
+        api = TaskRunnerClient(f"http://127.0.0.1:{api_port}", api_key=admin_key_in(banner)[0])
+        yield ContainerStack(api, api_port, aws_port, engine, label, banner)
     finally:
         process.send_signal(signal.SIGINT)
         remaining, _ = process.communicate(timeout=120)
@@ -395,17 +394,18 @@ class StackProcess(ChildProcess):
             "tests.e2e.test_container_mode", *ports, stack_name, env={}, stdin=subprocess.PIPE, new_session=True
         )
         self.tasks_table = ""
+        self.admin_key = ""
 
     @classmethod
     def start(cls, stack_name: str) -> StackProcess:
         stack = cls(stack_name)
         ready = stack.wait_for("ready ", timeout=START_TIMEOUT_SECONDS, at_start=True)
-        stack.tasks_table = ready.split()[1]
+        stack.tasks_table, stack.admin_key = ready.split()[1:3]
         return stack
 
     @property
     def api(self) -> TaskRunnerClient:
-        return TaskRunnerClient(f"http://127.0.0.1:{self.api_port}")
+        return TaskRunnerClient(f"http://127.0.0.1:{self.api_port}", api_key=self.admin_key)
 
     def tell(self, command: str) -> None:
         assert self.process.stdin is not None
@@ -515,7 +515,7 @@ def _serve(api_port: int, aws_port: int, stack_name: str) -> None:
     )
     with LocalStack(config) as stack:
         assert stack.deployment is not None
-        print("ready", stack.deployment.outputs["TasksTableName"], flush=True)
+        print("ready", stack.deployment.outputs["TasksTableName"], stack.admin_key, flush=True)
         for line in sys.stdin:
             if line.strip() == "restart-agent":
                 stack.restart_agent()

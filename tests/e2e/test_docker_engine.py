@@ -36,6 +36,8 @@ STOP_TIMEOUT_SECONDS = 3
 START_TIMEOUT_SECONDS = 180
 #: the child process prints it, then what the agent runs tasks with, once the stack serves
 READY = "docker-engine stack up:"
+#: the line before it: the stack's admin key
+ADMIN_KEY = "docker-engine stack admin key:"
 #: set in the stack's own environment: a task must not see it
 HOST_ONLY_VARIABLE = "TASKRUNNER_TEST_HOST_ONLY"
 OOM_REASON_PREFIX = "OutOfMemoryError"
@@ -57,6 +59,7 @@ def serve(api_port: str, aws_port: str, stack_name: str) -> int:
         signal.signal(signum, lambda *_: stopping.set())
     with LocalStack(config) as stack:
         assert stack.agent is not None
+        print(f"{ADMIN_KEY} {stack.admin_key}", flush=True)
         print(f"{READY} {stack.agent.launcher.describe()}", flush=True)
         stopping.wait()
     print("docker-engine stack stopped", flush=True)
@@ -102,9 +105,9 @@ def docker_stack(service: DockerService) -> Iterator[DockerStack]:
     label = stack_label(stack_name)
     try:
         described = stack.wait_for(READY, START_TIMEOUT_SECONDS, at_start=True).removeprefix(READY).strip()
-        yield DockerStack(
-            TaskRunnerClient(f"http://127.0.0.1:{api_port}"), api_port, aws_port, service, label, described
-        )
+        admin_key = stack.wait_for(ADMIN_KEY, at_start=True).removeprefix(ADMIN_KEY).strip()
+        api = TaskRunnerClient(f"http://127.0.0.1:{api_port}", api_key=admin_key)
+        yield DockerStack(api, api_port, aws_port, service, label, described)
     finally:
         stack.process.send_signal(signal.SIGTERM)
         try:

@@ -23,6 +23,7 @@ import boto3
 import pytest
 import requests
 
+from taskrunner_local.admin_key import read_admin_key
 from taskrunner_local.cli import free_port
 from taskrunner_local.client import TaskRunnerClient
 from taskrunner_local.images import BUSYBOX_IMAGE
@@ -58,12 +59,14 @@ class UpProcess(ChildProcess):
         }
         # its process group is what a crash kills (Lambda workers too)
         super().__init__("taskrunner_local", "local", "up", env=env, new_session=True)
+        self.state_dir = state_dir
         self.api_port = api_port
         self.aws_port = aws_port
 
     @property
     def api(self) -> TaskRunnerClient:
-        return TaskRunnerClient(f"http://127.0.0.1:{self.api_port}")
+        """The API as the stack's admin (the key is read from the state folder, where the stack wrote it)."""
+        return TaskRunnerClient(f"http://127.0.0.1:{self.api_port}", api_key=read_admin_key(self.state_dir))
 
     def aws(self, service: str) -> Any:
         return boto3.client(
@@ -158,7 +161,7 @@ def test_ctrl_c_then_restart_keeps_tasks_records_schedules_keys_logs_and_the_arc
     api = first.api
     # Given a finished task, a keyed one, a schedule that ran, and a task still running
     finished = terminal(api, api.submit(busybox("echo first line; echo second line"))["task_id"])
-    keyed_response = requests.post(
+    keyed_response = api.http.post(
         f"{api.base_url}/tasks", json=busybox("echo keyed"), headers={"Idempotency-Key": "k-1"}, timeout=30
     )
     keyed = terminal(api, keyed_response.json()["task_id"])
@@ -167,16 +170,16 @@ def test_ctrl_c_then_restart_keeps_tasks_records_schedules_keys_logs_and_the_arc
         "schedule_expression": "rate(1 day)",
         "task": busybox("echo scheduled"),
     }
-    assert requests.post(f"{api.base_url}/schedules", json=schedule, timeout=30).status_code == 201
-    run = requests.post(f"{api.base_url}/schedules/nightly/run", timeout=30)
+    assert api.http.post(f"{api.base_url}/schedules", json=schedule, timeout=30).status_code == 201
+    run = api.http.post(f"{api.base_url}/schedules/nightly/run", timeout=30)
     assert run.status_code == 202, run.text
     scheduled = terminal(api, run.json()["task_id"])
     running = api.wait(api.submit(busybox("echo started; sleep 8; echo finished"))["task_id"], {"RUNNING"})
     assert wait_until(lambda: "started" in api.logs(running["task_id"]), timeout=30)
     before = {
         "tasks": {t["task_id"]: t for t in (finished, keyed, scheduled)},
-        "usage": requests.get(f"{api.base_url}/usage", timeout=30).json(),
-        "schedule": requests.get(f"{api.base_url}/schedules/nightly", timeout=30).json(),
+        "usage": api.http.get(f"{api.base_url}/usage", timeout=30).json(),
+        "schedule": api.http.get(f"{api.base_url}/schedules/nightly", timeout=30).json(),
         "logs": api.logs(finished["task_id"]),
         "archive": first.archive_objects(),
     }
@@ -193,14 +196,14 @@ def test_ctrl_c_then_restart_keeps_tasks_records_schedules_keys_logs_and_the_arc
     api = second.api
     for task_id, task in before["tasks"].items():
         assert api.get(task_id) == task
-    assert requests.get(f"{api.base_url}/usage", timeout=30).json() == before["usage"]
+    assert api.http.get(f"{api.base_url}/usage", timeout=30).json() == before["usage"]
     assert (
-        requests.get(f"{api.base_url}/schedules/nightly", timeout=30).json()["last_run"]
+        api.http.get(f"{api.base_url}/schedules/nightly", timeout=30).json()["last_run"]
         == before["schedule"]["last_run"]
     )
     assert api.logs(finished["task_id"]) == before["logs"]
     assert set(before["archive"]) <= set(second.archive_objects())
-    again = requests.post(
+    again = api.http.post(
         f"{api.base_url}/tasks", json=busybox("echo keyed"), headers={"Idempotency-Key": "k-1"}, timeout=30
     )
     assert again.json()["task_id"] == keyed["task_id"]
@@ -219,14 +222,13 @@ def test_kill_9_mid_burst_then_restart_ends_every_accepted_task_metered_once(
     engine: Any, stack_name: str, stacks: Stacks
 ) -> None:
     first = stacks.start()
+    api = first.api
     accepted: list[str] = []
     lock = threading.Lock()
 
     def submit(n: int) -> None:
         try:
-            response = requests.post(
-                f"http://127.0.0.1:{stacks.api_port}/tasks", json=busybox(f"echo task {n}; sleep {n % 4}"), timeout=30
-            )
+            response = api.http.post(f"{api.base_url}/tasks", json=busybox(f"echo task {n}; sleep {n % 4}"), timeout=30)
         except requests.RequestException:
             return  # cut by the kill: never acknowledged
         if response.status_code == 202:

@@ -466,13 +466,14 @@ def test_stop_is_prompt_with_clients_connected() -> None:
 
 def test_a_burst_of_200_submissions_from_50_threads_is_all_accepted_run_and_metered(stack: LocalStack) -> None:
     url = f"{stack.api_url}/tasks"
+    admin = {"Authorization": f"Bearer {stack.admin_key}"}
     spec = {"image": PYTHON_IMAGE, "command": ["sh", "-c", "true"]}
     started = time.monotonic()
 
     def submit(i: int) -> tuple[int, str, float]:
         # a fresh connection each time, as 50 independent clients would
         sent = time.monotonic()
-        response = requests.post(url, json={**spec, "name": f"burst-{i}"}, timeout=180)
+        response = requests.post(url, json={**spec, "name": f"burst-{i}"}, headers=admin, timeout=180)
         return response.status_code, response.json().get("task_id", response.text), time.monotonic() - sent
 
     with ThreadPoolExecutor(50) as pool:
@@ -483,7 +484,7 @@ def test_a_burst_of_200_submissions_from_50_threads_is_all_accepted_run_and_mete
     slowest = max(seconds for _, _, seconds in submitted)
     assert len(set(ids)) == 200
 
-    api = TaskRunnerClient(stack.api_url, timeout=60)
+    api = TaskRunnerClient(stack.api_url, timeout=60, api_key=stack.admin_key)
     deadline = time.monotonic() + 420
     tasks = []
     for task_id in ids:  # each wait returns at once for a task that has already finished

@@ -77,11 +77,11 @@ def assert_error_shape(response: requests.Response, statuses: set[int]) -> dict[
     return body
 
 
-def task_count(api_url: str) -> int:
+def task_count(http: requests.Session, api_url: str) -> int:
     count, token = 0, None
     while True:
         params = {"limit": "100", **({"next_token": token} if token else {})}
-        page = requests.get(f"{api_url}/tasks", params=params, timeout=TIMEOUT).json()
+        page = http.get(f"{api_url}/tasks", params=params, timeout=TIMEOUT).json()
         count += len(page["items"])
         token = page["next_token"]
         if not token:
@@ -89,49 +89,55 @@ def task_count(api_url: str) -> int:
 
 
 @pytest.mark.parametrize(("case", "raw", "content_type"), body_cases(), ids=[c[0] for c in body_cases()])
-def test_a_hostile_body_is_a_4xx_and_creates_no_task(stack: LocalStack, case: str, raw: bytes, content_type: str):
+def test_a_hostile_body_is_a_4xx_and_creates_no_task(
+    stack: LocalStack, http: requests.Session, case: str, raw: bytes, content_type: str
+):
     # Given the tasks that exist
-    before = task_count(stack.api_url)
+    before = task_count(http, stack.api_url)
     # When a hostile body is posted
     headers = {"content-type": content_type} if content_type else {}
-    response = requests.post(f"{stack.api_url}/tasks", data=raw, headers=headers, timeout=TIMEOUT)
+    response = http.post(f"{stack.api_url}/tasks", data=raw, headers=headers, timeout=TIMEOUT)
     # Then it is refused in the one error shape, and no task was made of it
     assert_error_shape(response, {400, 415, 422})
-    assert task_count(stack.api_url) == before
+    assert task_count(http, stack.api_url) == before
 
 
 @pytest.mark.parametrize(("method", "path", "params"), query_cases())
-def test_hostile_parameters_are_422(stack: LocalStack, method: str, path: str, params: dict[str, str]):
-    response = requests.request(method, f"{stack.api_url}{path}", params=params, timeout=TIMEOUT)
+def test_hostile_parameters_are_422(
+    stack: LocalStack, http: requests.Session, method: str, path: str, params: dict[str, str]
+):
+    response = http.request(method, f"{stack.api_url}{path}", params=params, timeout=TIMEOUT)
     assert_error_shape(response, {422})
 
 
 @pytest.mark.parametrize("task_id", ["does-not-exist-123", "a" * 1000, "%C3%BC", "%00", "01JDQ5ZC8W0000000000000000"])
 @pytest.mark.parametrize(("method", "suffix"), [("GET", ""), ("GET", "/logs"), ("POST", "/cancel")])
-def test_any_id_that_names_no_task_is_404(stack: LocalStack, task_id: str, method: str, suffix: str):
-    response = requests.request(method, f"{stack.api_url}/tasks/{task_id}{suffix}", timeout=TIMEOUT)
+def test_any_id_that_names_no_task_is_404(
+    stack: LocalStack, http: requests.Session, task_id: str, method: str, suffix: str
+):
+    response = http.request(method, f"{stack.api_url}/tasks/{task_id}{suffix}", timeout=TIMEOUT)
     body = assert_error_shape(response, {404})
     assert body["error"]["code"] == "TASK_NOT_FOUND"
 
 
 @pytest.mark.parametrize("token", ["f/-100", "b/0", "b/99999999", "f/" + "9" * 80])
-def test_forged_log_tokens_are_422(stack: LocalStack, api: TaskRunnerClient, token: str):
+def test_forged_log_tokens_are_422(stack: LocalStack, http: requests.Session, api: TaskRunnerClient, token: str):
     task = api.submit({"image": BUSYBOX_IMAGE, "command": ["sh", "-c", "echo one; echo two"]})
     api.wait(task["task_id"])
-    response = requests.get(
-        f"{stack.api_url}/tasks/{task['task_id']}/logs", params={"next_token": token}, timeout=TIMEOUT
-    )
+    response = http.get(f"{stack.api_url}/tasks/{task['task_id']}/logs", params={"next_token": token}, timeout=TIMEOUT)
     assert_error_shape(response, {422})
 
 
 @pytest.mark.parametrize("method", ["TRACE", "PATCH", "DELETE", "BREW"])
-def test_methods_a_route_does_not_serve_are_405_with_allow(stack: LocalStack, method: str):
-    response = requests.request(method, f"{stack.api_url}/tasks", timeout=TIMEOUT)
+def test_methods_a_route_does_not_serve_are_405_with_allow(stack: LocalStack, http: requests.Session, method: str):
+    response = http.request(method, f"{stack.api_url}/tasks", timeout=TIMEOUT)
     assert_error_shape(response, {405})
     assert response.headers["allow"] == "GET, POST"
 
 
-def test_a_page_of_logs_stays_small_however_long_the_lines(stack: LocalStack, api: TaskRunnerClient):
+def test_a_page_of_logs_stays_small_however_long_the_lines(
+    stack: LocalStack, http: requests.Session, api: TaskRunnerClient
+):
     # Given a task that printed 3 MB in 200 KB lines
     script = "i=0; while [ $i -lt 15 ]; do head -c 200000 /dev/zero | tr '\\0' x; echo; i=$((i+1)); done"
     task = api.wait(api.submit({"image": BUSYBOX_IMAGE, "command": ["sh", "-c", script]})["task_id"])
@@ -140,7 +146,7 @@ def test_a_page_of_logs_stays_small_however_long_the_lines(stack: LocalStack, ap
     sizes, lines, token = [], 0, None
     while True:
         params = {"limit": "10000", **({"next_token": token} if token else {})}
-        response = requests.get(f"{stack.api_url}/tasks/{task['task_id']}/logs", params=params, timeout=TIMEOUT)
+        response = http.get(f"{stack.api_url}/tasks/{task['task_id']}/logs", params=params, timeout=TIMEOUT)
         page = response.json()
         sizes.append(len(response.content))
         lines += len(page["events"])
@@ -152,11 +158,13 @@ def test_a_page_of_logs_stays_small_however_long_the_lines(stack: LocalStack, ap
     assert max(sizes) < 1_200_000 and len(sizes) >= 3
 
 
-def test_nothing_a_hostile_client_did_left_a_task_unfinished(stack: LocalStack, api: TaskRunnerClient):
+def test_nothing_a_hostile_client_did_left_a_task_unfinished(
+    stack: LocalStack, http: requests.Session, api: TaskRunnerClient
+):
     # Given every task the suite made so far (the valid ones it submitted to reach the logs)
     deadline = time.monotonic() + 60
     while True:
-        page = requests.get(f"{stack.api_url}/tasks", params={"limit": "100"}, timeout=TIMEOUT).json()
+        page = http.get(f"{stack.api_url}/tasks", params={"limit": "100"}, timeout=TIMEOUT).json()
         unfinished = [t for t in page["items"] if t["status"] not in TERMINAL or not t["metering"]]
         if not unfinished or time.monotonic() > deadline:
             break

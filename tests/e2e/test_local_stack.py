@@ -18,17 +18,22 @@ from taskrunner_local.stack import LocalStack
 from tests.support.local_tasks import processes_with, shell, wait_until
 
 
-def test_the_readme_curl_succeeds_with_60_billed_seconds_and_its_output_in_the_logs(stack: LocalStack) -> None:
-    # `curl -X POST localhost:3000/tasks -d '{...}'` sends the JSON as a form
+def test_the_readme_curl_succeeds_with_60_billed_seconds_and_its_output_in_the_logs(
+    stack: LocalStack, api: TaskRunnerClient
+) -> None:
+    # `curl -H "Authorization: Bearer $(cat .taskrunner/admin.key)" -X POST localhost:3000/tasks -d '{...}'` sends
+    # the admin key, and the JSON as a form
     response = requests.post(
         f"{stack.api_url}/tasks",
         data=f'{{"image":"{PYTHON_IMAGE}","command":["sh","-c","echo hi"]}}',
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        headers={
+            "Authorization": f"Bearer {stack.admin.path.read_text().strip()}",
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
         timeout=30,
     )
     assert response.status_code == 202, response.text
     assert response.headers["Location"] == f"/tasks/{response.json()['task_id']}"
-    api = TaskRunnerClient(stack.api_url)
     task = api.wait(response.json()["task_id"])
     assert task["status"] == "SUCCEEDED" and task["exit_code"] == 0
     assert task["metering"]["billed_seconds"] == 60
@@ -109,8 +114,8 @@ def test_a_command_that_cannot_start_fails_to_start(api: TaskRunnerClient) -> No
     assert task["status_reason"].startswith("CannotStartContainerError")
 
 
-def test_an_invalid_size_is_422(stack: LocalStack) -> None:
-    response = requests.post(f"{stack.api_url}/tasks", json={"image": "x", "cpu": 256, "memory": 4096}, timeout=30)
+def test_an_invalid_size_is_422(stack: LocalStack, http: requests.Session) -> None:
+    response = http.post(f"{stack.api_url}/tasks", json={"image": "x", "cpu": 256, "memory": 4096}, timeout=30)
     assert response.status_code == 422
     [detail] = response.json()["error"]["details"]
     assert detail["field"] == "memory" and detail["valid_values"] == [512, 1024, 2048]
@@ -167,9 +172,9 @@ def test_twenty_concurrent_tasks_all_finish_with_exactly_twenty_metering_records
 
 
 def test_every_finished_tasks_metering_is_the_fargate_formula_on_its_own_timestamps(
-    stack: LocalStack, api: TaskRunnerClient
+    stack: LocalStack, http: requests.Session
 ) -> None:
-    page = requests.get(f"{stack.api_url}/tasks", params={"limit": "100"}, timeout=30).json()
+    page = http.get(f"{stack.api_url}/tasks", params={"limit": "100"}, timeout=30).json()
     finished = [t for t in page["items"] if t["metering"]]
     assert len(finished) >= 5
     ecs = stack.client("ecs")
@@ -234,6 +239,6 @@ def test_unknown_routes_are_404_from_the_gateway(stack: LocalStack) -> None:
     assert requests.get(f"{stack.api_url}/nope", timeout=30).status_code == 404
 
 
-def test_docs_and_openapi_are_served(stack: LocalStack) -> None:
+def test_docs_and_openapi_are_served_without_a_key(stack: LocalStack) -> None:
     assert requests.get(f"{stack.api_url}/docs", timeout=30).status_code == 200
     assert "/tasks" in requests.get(f"{stack.api_url}/openapi.json", timeout=30).json()["paths"]

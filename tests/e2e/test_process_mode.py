@@ -28,7 +28,7 @@ from taskrunner_local.cli import free_port
 from taskrunner_local.client import TaskRunnerClient
 from taskrunner_local.config import ROOT
 from taskrunner_local.limits import CGROUP_ROOT
-from tests.support.local_tasks import UP_BANNER_END, processes_with, read_banner, shell, wait_until
+from tests.support.local_tasks import UP_BANNER_END, admin_key_in, processes_with, read_banner, shell, wait_until
 
 STOP_TIMEOUT_SECONDS = 3
 START_TIMEOUT_SECONDS = 120
@@ -102,8 +102,9 @@ def start_up(tmp: Path, *args: str, path: str | None = None) -> UpProcess:
 
 
 def api_of(banner: str) -> TaskRunnerClient:
+    """The API the banner serves, as the admin whose key it shows."""
     [line] = [line for line in banner.splitlines() if line.strip().startswith("API ")]
-    return TaskRunnerClient(line.split()[1])
+    return TaskRunnerClient(line.split()[1], api_key=admin_key_in(banner)[0])
 
 
 @pytest.fixture(scope="module")

@@ -234,6 +234,16 @@ API_EVENTS = [
     ("run_schedule.json", 202),
     ("list_tasks_of_schedule.json", 200),
     ("delete_schedule.json", 204),
+    ("post_task_unauthenticated.json", 401),  # no authorizer context: no caller
+    ("post_tenant_not_admin.json", 403),  # a tenant's own key administers no tenant
+    ("post_tenant.json", 201),
+    ("list_tenants.json", 200),
+    ("get_tenant.json", 200),
+    ("put_tenant.json", 200),
+    ("rotate_tenant_key.json", 201),
+    ("revoke_tenant_key.json", 404),  # a key id acme never had
+    ("get_usage_of_tenant.json", 200),
+    ("disable_tenant.json", 200),
 ]
 
 
@@ -261,6 +271,12 @@ def test_the_api_sample_events_answer_on_warm_containers(lambda_client: Any) -> 
     run = answers["run_schedule.json"][0][1]
     listed = answers["list_tasks_of_schedule.json"][0][1]
     assert run["task_id"] in {task["task_id"] for task in listed["items"]}
+    assert answers["post_task_unauthenticated.json"][0][1]["error"]["code"] == "UNAUTHENTICATED"
+    assert answers["post_tenant_not_admin.json"][0][1]["error"]["code"] == "FORBIDDEN"
+    created = answers["post_tenant.json"][0][1]
+    assert created["name"] == "acme" and created["api_key"].startswith("trk_")
+    assert answers["rotate_tenant_key.json"][0][1]["api_key"] != created["api_key"]
+    assert answers["disable_tenant.json"][0][1]["enabled"] is False
 
 
 #: the other functions' sample events, and what each returns: their TASK_ID names no task on the stack, so the
@@ -275,9 +291,13 @@ FUNCTION_EVENTS: list[tuple[str, dict[str, Any]]] = [
     ("finalize/error.json", NOT_FOUND),
     ("finalize/not_started.json", NOT_FOUND),
     ("stop_task/timeout.json", NOT_FOUND),
+    ("queue/wait.json", NOT_FOUND),
     ("reconcile/scheduled.json", {"examined": 0, "settled": 0, "error": 0, "truncated": False}),
     ("scheduled_submit/scheduled_run.json", {"errorType": "ScheduleNotFound"}),
     ("scheduled_submit/template_schedule_run.json", {"schedule": "example-nightly", "outcome": "STARTED"}),
+    # the authorizer always authorizes; its context names no tenant for a key no tenant has, nor for Basic auth
+    ("authorizer/unknown_key.json", {"isAuthorized": True}),
+    ("authorizer/basic_scheme.json", {"isAuthorized": True}),
 ]
 
 
@@ -346,8 +366,10 @@ INVOKED_EVENTS = [
     "ecs/task_state_change_running.json",
     "finalize/completed.json",
     "stop_task/timeout.json",
+    "queue/wait.json",
     "reconcile/scheduled.json",
     "scheduled_submit/scheduled_run.json",
+    "authorizer/basic_scheme.json",
 ]
 
 
@@ -395,7 +417,9 @@ def test_the_template_default_arm64_is_refused_with_what_would_run_it(sam: SamLo
 def test_smoke_submit_get_logs(gateway: str, request: pytest.FixtureRequest, stack: LocalStack) -> None:
     # Given the API served by SAM CLI from the template, or by the local stack's own gateway
     url = request.getfixturevalue("sam_api_url") if gateway.startswith("sam") else stack.api_url
-    client = TaskRunnerClient(url, timeout=INVOKE_SECONDS)
+    # (SAM CLI's start-api runs the template's Lambda authorizer, which knows the stack's admin key: its digest is
+    # in the deployed function's environment, which the --env-vars file hands on)
+    client = TaskRunnerClient(url, timeout=INVOKE_SECONDS, api_key=stack.admin_key)
     marker = f"smoke through {gateway}"
     # When a task is submitted, read back and its logs fetched
     task_id = client.submit(shell(f"echo '{marker}'"))["task_id"]
@@ -403,7 +427,9 @@ def test_smoke_submit_get_logs(gateway: str, request: pytest.FixtureRequest, sta
     # Then
     assert (task["status"], task["exit_code"]) == ("SUCCEEDED", 0), task
     assert client.logs(task_id) == [marker]
-    assert requests.get(f"{url}/tasks/{TASK_ID}", timeout=INVOKE_SECONDS).status_code == 404
+    assert client.http.get(f"{url}/tasks/{TASK_ID}", timeout=INVOKE_SECONDS).status_code == 404
+    # and without a key, the route is refused
+    assert requests.get(f"{url}/tasks/{TASK_ID}", timeout=INVOKE_SECONDS).status_code == 401
 
 
 def test_a_task_cannot_reach_the_stack_through_the_relay_sams_functions_use(

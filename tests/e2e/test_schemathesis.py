@@ -65,13 +65,16 @@ expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, 414, 415, 422, 428,
 """
 
 
-def st_command(api_url: str, seed: int, config: Path, junit: Path) -> list[str]:
+def st_command(api_url: str, api_key: str, seed: int, config: Path, junit: Path) -> list[str]:
+    """`st run` against the API, every request sending `api_key` (the admin's: it may call every operation)."""
     return [
         str(ST),
         "--config-file",
         str(config),
         "run",
         f"{api_url}/openapi.json",
+        "--header",
+        f"Authorization: Bearer {api_key}",
         "--phases",
         "examples,coverage,fuzzing,stateful",
         "--checks",
@@ -124,9 +127,9 @@ def census(stack: LocalStack) -> tuple[dict[str, dict[str, Any]], Counter[str], 
     return tasks, meters, schedules
 
 
-def delete_schedules(stack: LocalStack, names: set[str]) -> None:
+def delete_schedules(stack: LocalStack, http: requests.Session, names: set[str]) -> None:
     for name in names:
-        requests.delete(f"{stack.api_url}/schedules/{quote(name, safe='')}", timeout=30)
+        http.delete(f"{stack.api_url}/schedules/{quote(name, safe='')}", timeout=30)
 
 
 def _command(item: dict[str, Any]) -> list[str] | None:
@@ -148,13 +151,14 @@ def test_schemathesis_finds_no_failure_and_leaves_nothing_wedged(
             pytest.fail(message)
         pytest.skip(message)
     stack: LocalStack = request.getfixturevalue("stack")  # only once st is known to be there
+    http: requests.Session = request.getfixturevalue("http")
     chosen = os.environ.get("SCHEMATHESIS_SEED", str(DEFAULT_SEED))
     seed = random.randrange(2**32) if chosen == "random" else int(chosen)
     document = requests.get(f"{stack.api_url}/openapi.json", timeout=30).json()
     operations = {f"{method.upper()} {path}" for path, item in document["paths"].items() for method in item}
     config, junit = tmp_path / "schemathesis.toml", tmp_path / "junit.xml"
     config.write_text(CONFIG)
-    command = st_command(stack.api_url, seed, config, junit)
+    command = st_command(stack.api_url, stack.admin_key, seed, config, junit)
     env = {**os.environ, "SCHEMATHESIS_HOOKS": HOOKS, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
     before_tasks, _, before_schedules = census(stack)
 
@@ -168,12 +172,13 @@ def test_schemathesis_finds_no_failure_and_leaves_nothing_wedged(
         pytest.fail(f"st did not finish within {ST_TIMEOUT_SECONDS} s (seed {seed}):\n{output}")
     finally:
         _, _, after_schedules = census(stack)
-        delete_schedules(stack, after_schedules - before_schedules)  # so they fire no more
+        delete_schedules(stack, http, after_schedules - before_schedules)  # so they fire no more
     elapsed = time.monotonic() - started
     output = run.stdout + run.stderr
     generated = re.search(r"(\d+) generated", output)
     print(f"schemathesis: seed {seed}, {generated.group(1) if generated else '?'} cases in {elapsed:.0f} s")
-    replay = f"replay with SCHEMATHESIS_SEED={seed}; JUnit report {junit}\n$ {' '.join(command)}\n{output}"
+    shown = " ".join(command).replace(stack.admin_key, "<admin key>")
+    replay = f"replay with SCHEMATHESIS_SEED={seed}; JUnit report {junit}\n$ {shown}\n{output}"
     assert run.returncode == 0, f"schemathesis found failures (exit {run.returncode}); {replay}"
     tested = {case.get("name") for case in ET.parse(junit).getroot().iter("testcase")}
     assert operations <= tested, f"operations not tested: {sorted(operations - tested)}; {replay}"
@@ -185,7 +190,7 @@ def test_schemathesis_finds_no_failure_and_leaves_nothing_wedged(
     assert created, "the run created no task"
     for task_id, item in created.items():
         if item["status"]["S"] not in TERMINAL and _command(item) not in CHEAP_COMMANDS:
-            requests.post(f"{stack.api_url}/tasks/{quote(task_id, safe='')}/cancel", timeout=30)
+            http.post(f"{stack.api_url}/tasks/{quote(task_id, safe='')}/cancel", timeout=30)
     deadline = time.monotonic() + SETTLE_SECONDS
     while True:
         tasks, meters, _ = census(stack)

@@ -51,7 +51,7 @@ def test_a_changed_template_updates_the_stack_and_keeps_its_tasks(tmp_path: Path
     first = stack_on(root, state)
     try:
         assert first.state_lines[0] == "stack taskrunner-update deployed"
-        api = TaskRunnerClient(first.api_url)
+        api = TaskRunnerClient(first.api_url, api_key=first.admin_key)
         task = api.wait(api.submit({"image": "busybox", "command": ["sh", "-c", "echo before"]})["task_id"])
         assert first.deployment is not None
         before = first.deployment
@@ -71,7 +71,8 @@ def test_a_changed_template_updates_the_stack_and_keeps_its_tasks(tmp_path: Path
     try:
         # Then it says what it updated, and updated it in place
         assert second.state_lines[0] == (
-            "stack taskrunner-update updated: the template changed (updated ReconcilerFunction, RunTaskStateMachine)"
+            "stack taskrunner-update updated: the template or its parameters changed "
+            "(updated ReconcilerFunction, RunTaskStateMachine)"
         )
         assert second.deployment is not None
         after = second.deployment
@@ -84,7 +85,7 @@ def test_a_changed_template_updates_the_stack_and_keeps_its_tasks(tmp_path: Path
         machine = second.client("stepfunctions").describe_state_machine(stateMachineArn=after.state_machine_arn)
         assert json.loads(machine["definition"])["Comment"] == "changed by the update test"
         # and the task of before is still there, and new tasks run
-        api = TaskRunnerClient(second.api_url)
+        api = TaskRunnerClient(second.api_url, api_key=second.admin_key)
         assert api.get(task["task_id"]) == task
         assert api.wait(api.submit({"image": "busybox", "command": ["true"]})["task_id"])["status"] == "SUCCEEDED"
     finally:

@@ -27,7 +27,9 @@ EVENTS = ROOT / "events"
 
 FUNCTIONS = [
     "ApiFunction",
+    "AuthorizerFunction",
     "FinalizeFunction",
+    "QueueFunction",
     "ReconcilerFunction",
     "ScheduledSubmitFunction",
     "StopTaskFunction",
@@ -236,3 +238,13 @@ def test_api_function_serves_the_openapi_document(python313: str, build_dir: Pat
     assert "/tasks" in document["paths"]
     for module in ("taskrunner", "pydantic", "aws_lambda_powertools"):
         assert outcome["modules"][module], f"{module} was not imported"
+
+
+def test_authorizer_function_answers_from_its_build(python313: str, build_dir: Path, tmp_path: Path) -> None:
+    # Given API Gateway's authorizer event for a request with Basic auth (no key to look up: no AWS call)
+    event = EVENTS / "authorizer" / "basic_scheme.json"
+    # When the built authorizer handles it
+    response = _run(python313, build_dir, "AuthorizerFunction", event, tmp_path)["response"]
+    # Then it authorizes (always: the API function answers 401 in the API's shape) and names no caller
+    assert response["isAuthorized"] is True
+    assert response["context"]["tenant"] == "" and response["context"]["reason"], response

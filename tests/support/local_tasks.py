@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from taskrunner_local.config import ROOT
 from taskrunner_local.images import PYTHON_IMAGE
 
 
@@ -63,3 +64,12 @@ def read_banner(process: subprocess.Popen[str], timeout: float) -> list[str]:
         if UP_BANNER_END in line or not line:
             break
     return output
+
+
+def admin_key_in(banner: str) -> tuple[str, Path]:
+    """The admin key the banner of `taskrunner local up` shows, and the file it says the key is saved in
+    (`Admin key      trk_... (saved in <file>)`; a relative file is under the project's folder, where tests start
+    stacks)."""
+    [line] = [line for line in banner.splitlines() if line.strip().startswith("Admin key ")]
+    key, saved_in = line.split(maxsplit=2)[2].split(" (saved in ", 1)
+    return key, ROOT / saved_in.removesuffix(")")

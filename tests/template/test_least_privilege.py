@@ -23,12 +23,17 @@ TASK_RECORDS = {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"}
 LISTING = {"dynamodb:Query", "dynamodb:BatchGetItem"}
 #: finding a task's ECS task (by startedBy, else by group among its family's tasks) and stopping it
 ECS_FIND_AND_STOP = {"ecs:ListTasks", "ecs:DescribeTasks", "ecs:StopTask"}
+#: the fair queue's dispatch, after a slot is given back: the tenant's queued tasks (an index, then their items), a
+#: grant (a TransactWriteItems of two UpdateItems), and resuming the granted task's workflow with its task token
+DISPATCH = LISTING | {"dynamodb:GetItem", "dynamodb:UpdateItem", "states:SendTaskSuccess"}
 
 ALLOWED_ACTIONS: dict[str, set[str]] = {
-    # tasks, schedules, usage and logs over HTTP; Idempotency-Key through Powertools (get/put/update/delete)
+    # tasks, schedules, usage and logs over HTTP; Idempotency-Key through Powertools (get/put/update/delete);
+    # a cancel gives back a slot and dispatches
     "ApiFunction": TASK_RECORDS
     | LISTING
     | ECS_FIND_AND_STOP
+    | DISPATCH
     | {
         "dynamodb:DeleteItem",  # schedules are deleted; idempotency records of failed calls are deleted
         "states:StartExecution",
@@ -41,21 +46,30 @@ ALLOWED_ACTIONS: dict[str, set[str]] = {
     },
     # final status and metering; when the workflow lost the ECS task, it looks for it (it never stops one)
     # and drops a recorded task definition ECS refuses to run (deregistered)
-    "FinalizeFunction": TASK_RECORDS | {"dynamodb:DeleteItem", "ecs:ListTasks", "ecs:DescribeTasks"},
+    # and gives back the task's slot, then dispatches its tenant's queue
+    "FinalizeFunction": TASK_RECORDS | DISPATCH | {"dynamodb:DeleteItem", "ecs:ListTasks", "ecs:DescribeTasks"},
     # timeout: TIMED_OUT, then find and stop the ECS task (it writes no metering record)
     "StopTaskFunction": {"dynamodb:GetItem", "dynamodb:UpdateItem"} | ECS_FIND_AND_STOP,
     # ECS events carry the ECS task ARN: RUNNING, finalize, stop a task cancelled meanwhile
-    "TaskEventsFunction": TASK_RECORDS | {"ecs:StopTask", "sqs:SendMessage"},
+    # (a finalize gives back the task's slot and dispatches)
+    "TaskEventsFunction": TASK_RECORDS | DISPATCH | {"ecs:StopTask", "sqs:SendMessage"},
     # a scheduled run: the schedule's active runs (an index), cancel replaced runs, submit
     "ScheduledSubmitFunction": TASK_RECORDS
     | LISTING
     | ECS_FIND_AND_STOP
+    | DISPATCH
     | {"states:StartExecution", "states:StopExecution", "sqs:SendMessage"},
     # tasks by status (an index), their executions, their ECS tasks; settles them through finalize
+    # and every tenant's queue: its counters repaired, dispatched; a queued task whose execution ended started again
     "ReconcilerFunction": TASK_RECORDS
     | LISTING
     | ECS_FIND_AND_STOP
-    | {"states:DescribeExecution", "states:StopExecution"},
+    | DISPATCH
+    | {"states:DescribeExecution", "states:StopExecution", "states:StartExecution"},
+    # the state machine's WaitForSlot: a queued task's token, then its tenant's dispatch
+    "QueueFunction": DISPATCH,
+    # the HTTP API's authorizer: a key's item (APIKEY#<sha256>) and its tenant's (enabled?), by key; nothing else
+    "AuthorizerFunction": {"dynamodb:GetItem"},
 }
 
 
