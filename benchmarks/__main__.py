@@ -33,7 +33,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from benchmarks import container_mode
+from benchmarks import container_mode, tenants
 from benchmarks.container_mode import ContainerResult
 from benchmarks.measures import (
     Row,
@@ -198,6 +198,10 @@ def _measure_process_mode(
         if args.burst:
             print(f"burst of {args.burst} tasks…", file=sys.stderr, flush=True)
             result = burst(stack, api, args.burst, args.clients)
+        queued = None
+        if args.tenant_tasks:
+            print(f"{args.tenant_tasks} tasks from 4 tenants with quotas…", file=sys.stderr, flush=True)
+            queued = tenants.measure(stack, stack.admin_key, args.tenant_tasks, args.clients)
         state_mib = sum(f.stat().st_size for f in config.state_dir.rglob("*") if f.is_file()) / 1024 / 1024
 
     rows = [
@@ -211,6 +215,8 @@ def _measure_process_mode(
     ]
     if result is not None:
         rows += burst_rows(result, throughput_target="≥ 20 tasks/s")
+    if queued is not None:
+        rows += tenants.rows(queued)
     if api_import:
         rows += [
             ("API function cold import (median)", f"{statistics.median(api_import):.0f} ms", ""),
@@ -314,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--latency-samples", type=int, default=50, help="process mode: sequential tasks")
     parser.add_argument("--burst", type=int, default=1000, help="process mode: tasks of the burst (0: none)")
+    parser.add_argument(
+        "--tenant-tasks", type=int, default=1000, help="process mode: tasks from 4 tenants with quotas (0: none)"
+    )
     parser.add_argument("--clients", type=int, default=16, help="concurrent submitters of a burst (both modes)")
     parser.add_argument("--import-samples", type=int, default=10, help="cold imports of each kind (0: none)")
     parser.add_argument("--log-burst", type=int, default=20, help="tasks of the log-heavy burst (0: none)")

@@ -105,7 +105,7 @@ def authorizer_ms(stack: LocalStack, api: TaskRunnerClient, samples: int) -> dic
     timings: dict[str, list[float]] = {}
     for label, key in (("admin key", stack.admin_key), ("tenant key", created.json()["api_key"])):
         header = f"Bearer {key}"
-        event = {"version": "2.0", "type": "REQUEST", "routeKey": "GET /tasks", "rawPath": "/tasks"}
+        event: dict[str, Any] = {"version": "2.0", "type": "REQUEST", "routeKey": "GET /tasks", "rawPath": "/tasks"}
         event |= {"identitySource": [header], "headers": {"authorization": header}, "requestContext": {}}
         for _ in range(10):  # warm
             stack.runtime.invoke("AuthorizerFunction", event)
