@@ -281,6 +281,22 @@ def test_the_head_that_does_not_fit_stops_the_dispatch(world: World) -> None:
     assert world.holds_slot(waiting_big) and world.holds_slot(waiting_small)
 
 
+def test_a_head_that_a_lowered_quota_can_never_hold_fails_and_stops_holding_up_the_queue(world: World) -> None:
+    # Given 2 vCPU: a 1 vCPU task runs, a 2 vCPU task waits, then a 0.25 vCPU one behind it
+    world.store.put_tenant(TENANT, Quotas(max_vcpu=2))
+    running = world.submit(TaskSpec(image="busybox", cpu=1024, memory=2048))
+    too_big, small = world.submit(TaskSpec(image="busybox", cpu=2048, memory=4096)), world.submit()
+    # When the quota is lowered to 1 vCPU while they wait, and the running task ends
+    world.store.put_tenant(TENANT, Quotas(max_vcpu=1))
+    world.ends(running)
+    # Then the head that can never start is FAILED, billed 0, saying why, and the one behind it is granted
+    ended = world.store.get(too_big)
+    assert ended is not None and ended.status is TaskStatus.FAILED
+    assert ended.metering is not None and ended.metering.billed_seconds == 0
+    assert ended.status_reason and "max_vcpu=1" in ended.status_reason and "lowered" in ended.status_reason
+    assert world.holds_slot(small)
+
+
 def test_a_workflow_that_gives_its_token_after_its_grant_resumes_itself(world: World) -> None:
     # Given a task granted its slot before its workflow reached WaitForSlot
     world.store.put_tenant(TENANT, Quotas(max_running_tasks=1))

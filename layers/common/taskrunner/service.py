@@ -178,12 +178,7 @@ class TaskService:
         queued (QUEUED): its workflow then waits for a dispatch to grant it a slot (taskrunner.fair_queue)."""
         now = self.clock()
         task_id = task_id or self.new_id()
-        load = self.store.tenant_load(tenant)
-        if not load.enabled:
-            raise TenantDisabled(tenant)
-        too_large = larger_than_whole_quota(tenant, load.quotas, spec)
-        if too_large is not None:
-            raise too_large
+        load = self.check_quota(tenant, spec)
         task = Task(
             task_id=task_id,
             tenant=tenant,
@@ -226,6 +221,18 @@ class TaskService:
         queued = task.model_copy(update={"status": TaskStatus.QUEUED})
         self.store.enqueue(queued)
         return queued
+
+    def check_quota(self, tenant: str, spec: TaskSpec, field: str | None = None) -> TenantLoad:
+        """The tenant's load, after checking that it may run `spec` at all: TenantDisabled for a disabled tenant, the
+        422 naming the quota for a task larger than its whole quota (`field` prefixes the field, e.g. `task` for a
+        schedule's task, which is checked when the schedule is written rather than left to fail at each run)."""
+        load = self.store.tenant_load(tenant)
+        if not load.enabled:
+            raise TenantDisabled(tenant)
+        too_large = larger_than_whole_quota(tenant, load.quotas, spec)
+        if too_large is not None:
+            raise InvalidParameter(f"{field}.{too_large.field}", too_large.rule) if field else too_large
+        return load
 
     def execution_input(self, task: Task, *, queue_timeout_seconds: int | None = None) -> dict[str, Any]:
         """What the task's workflow execution starts with. A QUEUED task's (`queued`) first waits for a slot, at
@@ -325,7 +332,7 @@ class TaskService:
     def cancel(self, tenant: str, task_id: str, reason: str = CANCEL_REASON) -> Task:
         task = self.get(tenant, task_id)
         if task.status is TaskStatus.QUEUED:
-            cancelled = self._cancel_waiting(task, reason)
+            cancelled = self._end_waiting(task, TaskStatus.CANCELLED, reason)
             if cancelled is not None:
                 return cancelled
             task = self._reload(task_id)  # its workflow moved it on meanwhile: cancel it as one that may run
@@ -339,26 +346,25 @@ class TaskService:
             return self._remember_arn(task, ecs_task_arn)
         return self.finalize(task_id, Outcome.NOT_STARTED, None, reason=reason)
 
-    def _cancel_waiting(self, task: Task, reason: str) -> Task | None:
-        """Cancel a task that waits in the queue: it never ran, so it is finalized at once (billed 0), giving back its
-        place in the queue or the slot a dispatch granted it; then its workflow is stopped. None when the task left
-        QUEUED meanwhile."""
+    def _end_waiting(self, task: Task, status: TaskStatus, reason: str, *, dispatch: bool = True) -> Task | None:
+        """End a task that waits in the queue (cancelled, or one that can never start): it never ran, so it is
+        finalized at once (billed 0), giving back its place in the queue or the slot a dispatch granted it; then its
+        workflow is stopped. None when the task left QUEUED meanwhile."""
         for _ in range(_MAX_RACE_RETRIES):
             if task.status is not TaskStatus.QUEUED:
                 return None
-            changes = self._final_fields(task, TaskStatus.CANCELLED, None, reason)
+            changes = self._final_fields(task, status, None, reason)
             try:
-                cancelled = self.store.finalize(
-                    task, TaskStatus.CANCELLED, changes, f"task/{task.task_id}", self.meter(task, None)
-                )
+                ended = self.store.finalize(task, status, changes, f"task/{task.task_id}", self.meter(task, None))
             except StaleStatus:
                 task = self._reload(task.task_id)
                 continue
             if task.execution_arn:
                 self.orchestrator.stop(task.execution_arn, reason)
-            self._dispatch_quietly(task.tenant)
-            return cancelled
-        raise StaleStatus(f"task {task.task_id} kept changing while being cancelled")
+            if dispatch:
+                self._dispatch_quietly(task.tenant)
+            return ended
+        raise StaleStatus(f"task {task.task_id} kept changing while its wait was ended")
 
     def stop_for_timeout(self, task_id: str) -> str | None:
         """Mark the task TIMED_OUT and stop its ECS task. Returns the ECS task ARN, if there is one."""
@@ -594,12 +600,25 @@ class TaskService:
                 if task.slot_held is not None:
                     continue  # granted already, on its way to PROVISIONING
                 load, outcome = self._grant(task, load)
+                if outcome is _Grant.DOES_NOT_FIT and self._can_never_start(task, load):
+                    load = self.store.tenant_load(tenant)
+                    continue
                 if outcome is _Grant.DOES_NOT_FIT:
                     return granted
                 granted += outcome is _Grant.GRANTED
             if not token:
                 break
         return granted
+
+    def _can_never_start(self, task: Task, load: TenantLoad) -> bool:
+        """End a queued task that its tenant's quota, lowered while it waited, can no longer hold even with nothing
+        else in flight (FAILED, billed 0), so that it does not hold up the queue behind it until its queue timeout.
+        Whether it was ended."""
+        too_large = larger_than_whole_quota(task.tenant, load.quotas, task.spec)
+        if too_large is None:
+            return False
+        reason = f"Can never start: {too_large} (the quota was lowered while it waited in the queue)"
+        return self._end_waiting(task, TaskStatus.FAILED, reason, dispatch=False) is not None
 
     def _grant(self, task: Task, load: TenantLoad) -> tuple[TenantLoad, _Grant]:
         slot = Slot.of(task.spec)
