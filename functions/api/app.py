@@ -245,6 +245,7 @@ def usage(
 )
 @tracer.capture_method(capture_response=False)
 def create_schedule(spec: Annotated[ScheduleSpec, Body(description="The schedule")]) -> Response[Schedule]:
+    task_service().check_quota(current_tenant(), spec.task, "task")  # a run that could never start: 422 now
     schedule = schedule_service().create(current_tenant(), spec)
     metrics.add_metric(name="SchedulesCreated", unit="Count", value=1)
     return _model(201, schedule, Location=f"/schedules/{schedule.name}")
@@ -284,6 +285,7 @@ def update_schedule(
 ) -> Response[Schedule]:
     if spec.name != name:
         raise InvalidParameter("name", f"must be {name!r}, the schedule in the path; a schedule cannot be renamed")
+    task_service().check_quota(current_tenant(), spec.task, "task")
     return _model(200, schedule_service().update(current_tenant(), name, spec))
 
 

@@ -461,3 +461,30 @@ def test_a_key_rotation_body_that_is_not_an_object_is_422(stack, body):
     create("rotated-body")
     answer = call("POST", "/tenants/rotated-body/keys", body=body)
     assert answer.status == 422, answer.body
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/tenants", {"name": "strict", "quotas": {"max_running_tasks": True}}, "max_running_tasks"),
+        ("POST", "/tenants", {"name": "strict", "quotas": {"max_vcpu": "2"}}, "max_vcpu"),
+        ("PUT", "/tenants/strict", {"quotas": {}, "enabled": "true"}, "enabled"),
+        ("POST", "/tenants/strict/keys", {"grace_seconds": False}, "grace_seconds"),
+    ],
+)
+def test_tenant_bodies_take_no_booleans_for_numbers_nor_strings_for_either(stack, method, path, body, field):
+    create("strict")
+    answer = call(method, path, body=body)
+    assert answer.status == 422, answer.body
+    assert field in json.dumps(answer.body)
+
+
+def test_a_schedule_whose_task_could_never_fit_the_tenants_quota_is_422_when_written(stack):
+    key = create("small-sched", max_vcpu=0.25)["api_key"]
+    big = {**SCHEDULE, "task": {"image": "busybox", "cpu": 1024, "memory": 2048}}
+    created = call("POST", "/schedules", principal=context_of(key), body=big)
+    assert created.status == 422, created.body
+    assert created.body["error"]["details"][0]["field"] == "task.cpu" and "max_vcpu=0.25" in json.dumps(created.body)
+    assert call("POST", "/schedules", principal=context_of(key), body=SCHEDULE).status == 201
+    replaced = call("PUT", "/schedules/nightly", principal=context_of(key), body=big)
+    assert replaced.status == 422, replaced.body

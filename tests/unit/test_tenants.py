@@ -140,6 +140,8 @@ def test_the_bearer_scheme_is_read_in_any_case(authorization: str, expected: str
         "Bearer two words",
         "Bearer k\x00ey",
         "Bearer kéy",
+        "Bearer\xa0trk_key",  # a no-break space is not HTTP's separator
+        "Bearer\u2003trk_key",
         "Bearer \udc80\udcff",
         "Bearer " + "k" * 10_240,
         "B" * 10_240,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from taskrunner.errors import (
     AdminTenantCannotBeDisabled,
@@ -42,17 +42,34 @@ from taskrunner.settings import Settings
 ADMIN_TENANT = DEFAULT_TENANT
 
 
+def _a_json_number(value: Any) -> Any:
+    """A number as JSON writes it: `true` is not 1 and `"5"` is not 5 (pydantic's lax mode takes both). Stored
+    numbers (Decimal) and null pass."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+def _a_json_boolean(value: Any) -> Any:
+    if value is not None and not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+JsonNumber = BeforeValidator(_a_json_number)
+
+
 class Quotas(BaseModel):
     """What one tenant may have in flight at once (tasks holding a slot: admitted and not yet metered).
     A missing (null) limit is no limit."""
 
     model_config = ConfigDict(extra="forbid")
 
-    max_running_tasks: int | None = Field(default=None, ge=1, le=100_000)
+    max_running_tasks: Annotated[int | None, JsonNumber] = Field(default=None, ge=1, le=100_000)
     # Fargate's smallest task has 0.25 vCPU and 0.5 GiB: a smaller limit would admit nothing (and a float as small
     # as 5e-324 cannot even be stored as a DynamoDB number)
-    max_vcpu: float | None = Field(default=None, ge=0.25, le=100_000)
-    max_memory_gib: float | None = Field(default=None, ge=0.5, le=1_000_000)
+    max_vcpu: Annotated[float | None, JsonNumber] = Field(default=None, ge=0.25, le=100_000)
+    max_memory_gib: Annotated[float | None, JsonNumber] = Field(default=None, ge=0.5, le=1_000_000)
 
 
 class Principal(BaseModel):
@@ -158,6 +175,8 @@ def bearer_key(authorization: object) -> str | Refusal:
         return Refusal("the Authorization header is not `Bearer <api key>`")
     if len(authorization) > MAX_KEY_CHARS + 64:
         return Refusal("the Authorization header is too long to hold an API key")
+    if not authorization.isascii():  # HTTP's separators are spaces and tabs, not U+00A0 or other Unicode spaces
+        return Refusal("the Authorization header is not `Bearer <api key>`")
     parts = authorization.split(maxsplit=1)
     if not parts or parts[0].lower() != "bearer":
         return Refusal("the Authorization header is not `Bearer <api key>`")
@@ -269,7 +288,7 @@ class TenantUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     quotas: Quotas
-    enabled: bool | None = None
+    enabled: Annotated[bool | None, BeforeValidator(_a_json_boolean)] = None
 
 
 class KeyRotation(BaseModel):
@@ -279,6 +298,7 @@ class KeyRotation(BaseModel):
 
     grace_seconds: Annotated[
         int,
+        JsonNumber,
         Field(
             ge=0,
             le=MAX_GRACE_SECONDS,
