@@ -44,8 +44,8 @@ def key_digest(key: str) -> str:
 class AdminKey:
     key: str
     path: Path
-    #: what this start did: `made` (the folder had none), `kept` (the folder's own), or `tightened` (kept, and its
-    #: file, which others could read, made the owner's alone)
+    #: what this start did: `made` (the folder had none), `kept` (the folder's own), or a new key replacing one that
+    #: was `malformed` (not a key this system makes) or `exposed` (its file could be read by other users)
     origin: str
 
     @property
@@ -61,16 +61,30 @@ class AdminKey:
 
 
 def ensure_admin_key(folder: StateFolder) -> AdminKey:
-    """The folder's admin key: the one its admin.key holds, or a new one written there."""
+    """The folder's admin key: the one its admin.key holds, or a new one written there when it holds none, holds
+    something that is not a key this system makes (a hand-edited `x` would be an admin key anyone guesses), or could
+    be read by other users (the key may have leaked: it is replaced, not just hidden again)."""
     path = folder.path / ADMIN_KEY_FILE
     key = _read(path)
+    if key is not None and not _well_formed(key):
+        return _new_key(folder, path, "malformed")
+    if key is not None and stat.S_IMODE(path.stat().st_mode) & 0o077:
+        return _new_key(folder, path, "exposed")
     if key is None:
-        folder.write_private(ADMIN_KEY_FILE, f"{new_api_key()}\n")
-        return AdminKey(_read(path) or "", path, "made")
-    if stat.S_IMODE(path.stat().st_mode) & 0o077:
-        os.chmod(path, 0o600)
-        return AdminKey(key, path, "tightened")
+        return _new_key(folder, path, "made")
     return AdminKey(key, path, "kept")
+
+
+def _new_key(folder: StateFolder, path: Path, origin: str) -> AdminKey:
+    folder.write_private(ADMIN_KEY_FILE, f"{new_api_key()}\n")
+    os.chmod(path, 0o600)
+    return AdminKey(_read(path) or "", path, origin)
+
+
+def _well_formed(key: str) -> bool:
+    from taskrunner.tenants import key_id_of
+
+    return key_id_of(key) is not None
 
 
 def read_admin_key(state_dir: Path | None = None) -> str | None:

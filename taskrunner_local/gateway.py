@@ -16,6 +16,7 @@ the API's one error shape, `{"error": {"code": ..., "message": ...}}`."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import re
@@ -153,6 +154,10 @@ def _error_code(error: Any) -> str:
     }.get(int(error.code), "INTERNAL_ERROR")
 
 
+#: a header line waitress quotes back in its error (a bare CR, say) keeps its credentials out of the answer
+_CREDENTIALS = re.compile(r"((?:authorization|cookie|x-api-key)\s*:)[^\"\n]*", re.IGNORECASE)
+
+
 def _error_message(error: Any, adj: Any) -> str:
     code = int(error.code)
     if code == 413:
@@ -163,7 +168,8 @@ def _error_message(error: Any, adj: Any) -> str:
         return "The request's Transfer-Encoding is not supported; send a Content-Length or chunked body"
     if code == 500:
         return "The gateway failed to handle the request"
-    return f"{error.reason}: {error.body}"
+    body = _CREDENTIALS.sub(r"\1 [hidden]", str(error.body))
+    return f"{error.reason}: {body}"
 
 
 class _JsonErrorTask(ErrorTask):  # type: ignore[misc]
@@ -424,7 +430,10 @@ class Gateway:
     def stop(self) -> None:
         self._stopping.set()
         if self._thread.is_alive():
-            self.server.pull_trigger()  # wake the event loop, which closes every socket on its way out
+            # wake the event loop, which closes every socket on its way out (an OSError: it has closed its trigger
+            # on its way out already, and nothing is left to wake)
+            with contextlib.suppress(OSError):
+                self.server.pull_trigger()
             self._thread.join(timeout=5)
         else:
             wasyncore.close_all(self._map)

@@ -271,8 +271,15 @@ class LocalStack:
             self.state_lines.append(
                 f"{admin.shown_path()} was missing: a new admin key was made, and the previous one no longer works"
             )
-        elif admin.origin == "tightened":
-            self.state_lines.append(f"{admin.shown_path()} could be read by others: it is now readable by you only")
+        elif admin.origin == "malformed":
+            self.state_lines.append(
+                f"{admin.shown_path()} did not hold a key this stack makes (trk_…): a new admin key replaced it"
+            )
+        elif admin.origin == "exposed":
+            self.state_lines.append(
+                f"{admin.shown_path()} could be read by other users: a new admin key replaced it (0600), and the "
+                "previous one no longer works"
+            )
         return admin
 
     def deployment_parameters(self) -> dict[str, str]:

@@ -246,16 +246,18 @@ def test_reset_forgets_the_admin_key_with_the_state(stacks: Stacks) -> None:
     second.ctrl_c()
 
 
-def test_a_key_file_others_could_read_is_made_the_owners_alone(stacks: Stacks) -> None:
-    # Given a folder whose admin.key was made readable by everyone
+def test_a_key_file_others_could_read_is_replaced_by_a_new_key_of_the_owners_alone(stacks: Stacks) -> None:
+    # Given a folder whose admin.key was made readable by everyone (the key may have leaked)
     first = stacks.start()
     key, key_file = admin_key_in(first.banner)
     first.ctrl_c()
     key_file.chmod(0o644)
     # When the stack starts again
     second = stacks.start()
-    # Then it keeps the key, and made the file its owner's alone again, saying so
-    assert admin_key_in(second.banner)[0] == key
+    # Then a new key replaced it, in a file of its owner's alone, the banner says so, and the old key is refused
+    new_key = admin_key_in(second.banner)[0]
+    assert new_key != key and new_key.startswith("trk_")
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    assert "could be read by others: it is now readable by you only" in second.banner
+    assert "could be read by other users: a new admin key replaced it" in second.banner
+    assert second.status_with(key) == 401 and second.status_with(new_key) == 200
     second.ctrl_c()

@@ -78,12 +78,21 @@ def test_a_restart_keeps_the_key_and_a_deleted_file_gets_a_new_one(folder: State
     assert replaced.origin == "made" and replaced.key != first.key
 
 
-def test_a_key_file_others_can_read_is_tightened(folder: StateFolder) -> None:
+def test_a_key_file_others_could_read_gets_a_new_key_only_its_owner_can_read(folder: StateFolder) -> None:
     first = ensure_admin_key(folder)
     first.path.chmod(0o644)
     again = ensure_admin_key(folder)
-    assert (again.key, again.origin) == (first.key, "tightened")
+    assert again.origin == "exposed" and again.key != first.key and again.key.startswith("trk_")
     assert mode(first.path) == 0o600
+
+
+@pytest.mark.parametrize("content", ["x\n", "trk_short\n", "Bearer trk_abc\n"])
+def test_a_key_file_that_holds_no_well_formed_key_gets_a_new_key(folder: StateFolder, content: str) -> None:
+    (folder.path / ADMIN_KEY_FILE).write_text(content)
+    (folder.path / ADMIN_KEY_FILE).chmod(0o600)
+    again = ensure_admin_key(folder)
+    assert again.origin == "malformed" and again.key != content.strip() and again.key.startswith("trk_")
+    assert mode(again.path) == 0o600
 
 
 def test_an_empty_key_file_gets_a_new_key(folder: StateFolder) -> None:

@@ -180,3 +180,13 @@ def test_the_cache_of_answers_stays_bounded(serve: Any, monkeypatch: pytest.Monk
         requests.get(f"{url}/tasks/t-1", headers={"Authorization": f"Bearer {key}"}, timeout=10)
     # `a`, the oldest, made room for `d`, so it was asked about again
     assert [e["identitySource"][0] for e in functions.authorizer_events] == [f"Bearer {k}" for k in "abcda"]
+
+
+def test_a_rejected_header_line_is_quoted_without_its_credentials() -> None:
+    from waitress.utilities import BadRequest
+
+    from taskrunner_local.gateway import _error_message
+
+    error = BadRequest('Bare CR or LF found in header line "Authorization: Bearer trk_abc_secret\rx"')
+    message = _error_message(error, adj=None)
+    assert "trk_abc_secret" not in message and "Authorization: [hidden]" in message
