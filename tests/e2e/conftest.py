@@ -26,11 +26,18 @@ def e2e_agent_mode() -> str:
     return mode
 
 
+#: modules that run local stacks of their own in this process, after which the session's stack no longer works (a
+#: stack's stop resets moto state the process shares: every request of the session's stack then fails), so they run
+#: after every other e2e test
+RUN_LAST = ("test_template_update.py",)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/e2e/" in str(item.path).replace("\\", "/"):
             item.add_marker(pytest.mark.e2e)
             item.add_marker(pytest.mark.xdist_group("e2e"))  # one local stack, in one worker
+    items.sort(key=lambda item: item.path.name in RUN_LAST)  # stable: the order stays otherwise
 
 
 @pytest.fixture(scope="session")
